@@ -1,0 +1,1 @@
+"""Subcommands of the caffecompat CLI, one module each."""

@@ -1,0 +1,1 @@
+"""Bytes <-> messages for every Caffe file kind: prototxt, caffemodel, binaryproto, solverstate."""
