@@ -1,0 +1,37 @@
+"""Shared fixtures: where the reference data beside the checkout lives.
+
+`../shared/` (next to the repository) holds data produced by the original
+Caffe and Caffe's own model definitions. A user's clone may not have it:
+tests that need it skip with a reason saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CAFFECOMPAT_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "caffe-golden"
+BVLC = SHARED / "bvlc-models"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"reference data not found at {path} (../shared beside the checkout, "
+                    "or set CAFFECOMPAT_SHARED)")
+    return path
+
+
+@pytest.fixture
+def golden() -> Path:
+    """../shared/caffe-golden: outputs of the original Caffe (see its README)."""
+    return _need(GOLDEN)
+
+
+@pytest.fixture
+def bvlc() -> Path:
+    """../shared/bvlc-models: Caffe's own model and solver definitions."""
+    return _need(BVLC)
