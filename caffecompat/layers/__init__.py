@@ -1,0 +1,1 @@
+"""Caffe layer types: the registry (registry.py), the graph builder (graph.py) and one module per family."""

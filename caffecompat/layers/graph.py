@@ -1,0 +1,99 @@
+"""GraphBuilder: what a layer's `lower` uses to emit ONNX nodes, constants and parameter references.
+
+Parameter blobs are referenced by tensor name (`g.param(node, i)`); whether
+they end up as initializers (convert, training) or as graph inputs fed at
+run time (TEST nets sharing the solver's weights) is the exporter's choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from onnx import NodeProto, TensorProto, helper, numpy_helper
+
+from caffecompat.layers.registry import LayerNode
+
+
+class GraphBuilder:
+    """Collects ONNX nodes and constant initializers for one net."""
+
+    def __init__(self, opset: int, training: bool) -> None:
+        self.opset = opset
+        # True when lowering the TRAIN-phase graph for gradient training
+        # (Dropout active, BatchNorm on batch statistics).
+        self.training = training
+        self.nodes: list[NodeProto] = []
+        self.constants: list[TensorProto] = []
+        self.used_params: set[str] = set()
+        # Extra graph outputs a lowering asks for, e.g. BatchNorm batch statistics
+        # the solver needs: value name -> (layer name, what).
+        self.side_outputs: dict[str, tuple[str, str]] = {}
+        self._names: set[str] = set()
+        self._counter = 0
+        self._layer = ""
+
+    # -- naming -------------------------------------------------------------
+    def begin_layer(self, node: LayerNode) -> None:
+        """Name the temporaries and nodes that follow after `node`."""
+        self._layer = node.name
+
+    def reserve(self, names: list[str]) -> None:
+        """Mark value names (graph inputs, blob values) as taken."""
+        self._names.update(names)
+
+    def tmp(self, hint: str = "t") -> str:
+        """A fresh value name for an intermediate result of the current layer."""
+        while True:
+            self._counter += 1
+            name = f"{self._layer}/{hint}#{self._counter}"
+            if name not in self._names:
+                self._names.add(name)
+                return name
+
+    # -- emitting -----------------------------------------------------------
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | int = 1, **attrs: Any) -> list[str]:
+        """Add one ONNX node; `outputs` is a list of names or a count of fresh names. Returns the outputs."""
+        outs = [self.tmp(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else outputs
+        self._counter += 1
+        self.nodes.append(
+            helper.make_node(op_type, inputs, outs, name=f"{self._layer}/{op_type}#{self._counter}",
+                             **{k: v for k, v in attrs.items() if v is not None})
+        )
+        return outs
+
+    def op1(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
+        """Add a single-output node and return its output name."""
+        return self.op(op_type, inputs, [output] if output else 1, **attrs)[0]
+
+    def const(self, value: np.ndarray | float | list, dtype: Any = np.float32, hint: str = "const") -> str:
+        """A constant tensor (an initializer that is not a parameter)."""
+        name = self.tmp(hint)
+        self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def ints(self, values: list[int] | tuple[int, ...], hint: str = "ints") -> str:
+        """A 1-D int64 constant (shapes, axes, slice bounds)."""
+        return self.const(np.asarray(list(values), dtype=np.int64), np.int64, hint)
+
+    def scalar(self, value: float, hint: str = "scalar") -> str:
+        """A float32 scalar constant."""
+        return self.const(np.float32(value), np.float32, hint)
+
+    def param(self, node: LayerNode, index: int) -> str:
+        """The tensor name of parameter blob `index` of `node` (shared blobs resolve to their owner)."""
+        name = node.param_names[index]
+        self.used_params.add(name)
+        return name
+
+    def side_output(self, value: str, node: LayerNode, what: str) -> None:
+        """Expose `value` as an extra graph output tagged (layer, what), e.g. BatchNorm's batch mean."""
+        self.side_outputs[value] = (node.name, what)
+
+    def identity(self, src: str, dst: str) -> str:
+        """dst = src."""
+        return self.op1("Identity", [src], dst)
+
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64

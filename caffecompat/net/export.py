@@ -1,0 +1,103 @@
+"""Lower a NetSpec to an ONNX model with each layer's registry lowering.
+
+Parameters become initializers (a standalone model, or one for training
+artifacts) or graph inputs (a TEST net fed the solver's current weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from caffecompat.errors import CaffeCompatError
+from caffecompat.layers import registry
+from caffecompat.layers.graph import GraphBuilder
+from caffecompat.net.spec import NetSpec
+
+# What ONNX Runtime 1.19 (training build) accepts: opset <= 21, IR version <= 10.
+DEFAULT_OPSET = 17
+MAX_OPSET = 21
+
+LOSS_OUTPUT = "caffecompat/loss"
+
+
+@dataclass
+class Exported:
+    """An exported model and what its extra outputs mean."""
+
+    model: onnx.ModelProto
+    params: list[str]  # parameter tensors the graph reads
+    side_outputs: dict[str, tuple[str, str]]  # value -> (layer, what), e.g. BatchNorm batch statistics
+
+
+def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
+           outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
+           opset: int = DEFAULT_OPSET, label_inputs: Iterable[str] = ()) -> Exported:
+    """The ONNX model computing `spec`.
+
+    params: tensor values, required when they become initializers.
+    outputs: value names to output (default: the net's outputs).
+    training: lower for gradient training (Dropout active, BatchNorm batch statistics).
+    loss_output: make the first output the scalar loss (sum of loss tops times loss weights).
+    """
+    if not 7 <= opset <= MAX_OPSET:
+        raise CaffeCompatError(f"opset {opset} is not supported: ONNX Runtime 1.19 takes opsets 7 to {MAX_OPSET}")
+    g = GraphBuilder(opset, training)
+    g.reserve(list(spec.shapes))
+    for node in spec.layers:
+        impl = registry.get(node)
+        if impl.source:
+            continue
+        g.begin_layer(node)
+        impl.lower(node, g)
+
+    out_names: list[str] = []
+    if loss_output:
+        loss_tops = spec.loss_tops()
+        if not loss_tops:
+            raise CaffeCompatError(f"net '{spec.name}' has no loss: no layer top has a loss_weight")
+        g._layer = "loss"
+        terms = []
+        for value, weight in loss_tops:
+            # Net::Forward: loss += loss_weight * sum(top) for every top with a loss weight.
+            total = value if len(spec.shapes[value]) == 0 else g.op1("ReduceSum", [value], keepdims=0)
+            terms.append(total if weight == 1.0 else g.op1("Mul", [total, g.scalar(weight)]))
+        acc = terms[0]
+        for t in terms[1:]:
+            acc = g.op1("Add", [acc, t])
+        g.op1("Identity", [acc], LOSS_OUTPUT)
+        out_names.append(LOSS_OUTPUT)
+
+    wanted = list(spec.outputs if outputs is None else outputs)
+    for name in wanted:
+        if name in spec.inputs:
+            continue  # a graph input cannot also be an output; the caller has it already
+        if name not in spec.shapes:
+            raise CaffeCompatError(f"net '{spec.name}' has no blob '{name}'")
+        if name not in out_names:
+            out_names.append(name)
+    out_names.extend(v for v in g.side_outputs if v not in out_names)
+
+    used = [p for p in spec.params if p in g.used_params]
+    graph_inputs = [helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, spec.shapes[v]) for v in spec.inputs]
+    initializers = list(g.constants)
+    if params_as_inputs:
+        graph_inputs += [helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, spec.params[p].shape) for p in used]
+    else:
+        if params is None:
+            raise CaffeCompatError("internal: parameter values are needed to export initializers")
+        for p in used:
+            initializers.append(numpy_helper.from_array(np.asarray(params[p], dtype=np.float32), p))
+    graph_outputs = []
+    for v in out_names:
+        shape = [] if v == LOSS_OUTPUT else spec.shapes.get(v)
+        graph_outputs.append(helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, shape))
+    graph = helper.make_graph(g.nodes, spec.name or "net", graph_inputs, graph_outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="caffecompat")
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
+    return Exported(model=model, params=used, side_outputs=dict(g.side_outputs))

@@ -1,0 +1,64 @@
+"""Parameter values of a NetSpec: filler initialization and Caffe's copy of trained layers by name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from caffecompat import glog
+from caffecompat.errors import CaffeCompatError
+from caffecompat.layers import registry
+from caffecompat.net.spec import NetSpec
+
+
+def init_params(spec: NetSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every parameter tensor of `spec`, filled as Caffe's layer setup would (in Caffe's order)."""
+    values: dict[str, np.ndarray] = {}
+    for node in spec.layers:
+        owned = [i for i, n in enumerate(node.param_names) if n in spec.params and spec.params[n].layer == node.name]
+        if not owned:
+            continue
+        arrays = registry.get(node).init_params(node, rng)
+        for i in owned:
+            values[node.param_names[i]] = np.ascontiguousarray(arrays[i], dtype=np.float32)
+    return values
+
+
+def _legacy_equal(source_shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    # Blob::ShapeEquals for legacy 4-D blobs: the target padded with leading 1s to 4 axes.
+    return len(target) <= 4 and (1,) * (4 - len(target)) + tuple(target) == tuple(source_shape)
+
+
+def copy_trained_layers(spec: NetSpec, values: dict[str, np.ndarray],
+                        source_blobs: Mapping[str, list[np.ndarray]], source_file: str,
+                        legacy_layers: frozenset[str] = frozenset()) -> list[str]:
+    """Net::CopyTrainedLayersFrom: copy blobs of layers found by name; returns the copied layer names.
+
+    Source layers absent from the net are logged as `Ignoring source layer X`.
+    `legacy_layers` names source layers whose blobs used num/channels/height/width.
+    """
+    by_name = {n.name: n for n in spec.layers}
+    copied = []
+    for lname, blobs in source_blobs.items():
+        node = by_name.get(lname)
+        if node is None:
+            glog.info("net.cpp:744", f"Ignoring source layer {lname}")
+            continue
+        if len(blobs) != len(node.param_names):
+            raise CaffeCompatError(
+                f"{source_file}: layer '{lname}' has {len(blobs)} blobs in the weights file but "
+                f"{len(node.param_names)} in the net; rename the layer to learn it from scratch"
+            )
+        for j, blob in enumerate(blobs):
+            target = node.param_shapes[j]
+            if tuple(blob.shape) != target:
+                if not (lname in legacy_layers and _legacy_equal(tuple(blob.shape), target)):
+                    raise CaffeCompatError(
+                        f"{source_file}: cannot copy param {j} of layer '{lname}': shape mismatch, the "
+                        f"weights file has {list(blob.shape)} and the net needs {list(target)}. To learn "
+                        "this layer's parameters from scratch rather than copying them, rename the layer"
+                    )
+            values[node.param_names[j]] = np.ascontiguousarray(blob, dtype=np.float32).reshape(target)
+        copied.append(lname)
+    return copied

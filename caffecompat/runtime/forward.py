@@ -1,0 +1,34 @@
+"""Run a NetSpec forward in an ONNX Runtime inference session (deploy nets, TEST nets, convert checks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from caffecompat.net.export import export
+from caffecompat.net.spec import NetSpec
+from caffecompat.runtime.providers import inference_session
+
+
+class ForwardRunner:
+    """An inference session for `spec` whose parameters are graph inputs, fed on every call.
+
+    Feeding parameters lets TEST nets share the solver's live weights without
+    rebuilding the session.
+    """
+
+    def __init__(self, spec: NetSpec, outputs: Iterable[str] | None = None, providers: list | None = None):
+        self.spec = spec
+        exported = export(spec, params_as_inputs=True, outputs=outputs)
+        self.params = exported.params
+        self.output_names = [o.name for o in exported.model.graph.output]
+        self.session = inference_session(exported.model.SerializeToString(),
+                                         providers or ["CPUExecutionProvider"])
+
+    def run(self, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by value name for one forward pass."""
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.spec.inputs}
+        for p in self.params:
+            feed[p] = params[p]
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))

@@ -1,0 +1,42 @@
+"""Execution providers: `-gpu N` means CUDA device N; CPU otherwise."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+
+from caffecompat.errors import CaffeCompatError
+
+
+def resolve(gpu: int | None, allow_cpu_fallback: bool = False) -> list:
+    """The provider list for ORT sessions: CUDA on device `gpu`, or CPU.
+
+    Asking for a GPU on a runtime without the CUDA provider is an error unless
+    `allow_cpu_fallback`, in which case a warning is logged and CPU is used.
+    """
+    if gpu is None:
+        return ["CPUExecutionProvider"]
+    if gpu < 0:
+        raise CaffeCompatError(f"-gpu {gpu}: device ids start at 0")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+    message = (f"-gpu {gpu} asks for CUDA, but this onnxruntime ({ort.__version__}) has no CUDA execution "
+               "provider: install the CUDA training build (pip uninstall onnxruntime-training-cpu && "
+               "pip install onnxruntime-training==1.19.2), or drop -gpu to run on the CPU")
+    if not allow_cpu_fallback:
+        raise CaffeCompatError(message)
+    from caffecompat import glog
+
+    glog.warning("caffe.cpp:110", message + "; falling back to the CPU as asked")
+    return ["CPUExecutionProvider"]
+
+
+def session_options() -> ort.SessionOptions:
+    """Session options with ORT's own logging kept to warnings and above."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return opts
+
+
+def inference_session(model_bytes: bytes, providers: list) -> ort.InferenceSession:
+    """An inference session over a serialized ONNX model."""
+    return ort.InferenceSession(model_bytes, sess_options=session_options(), providers=providers)
