@@ -1,0 +1,44 @@
+"""ONNX Runtime's training API without PyTorch.
+
+`import onnxruntime.training` runs that package's __init__, which imports
+its optim package and through it torch. We need only two submodules,
+`artifacts` (build training graphs) and `api` (Module, CheckpointState),
+neither of which needs torch. So we register a bare package module for
+`onnxruntime.training` whose __path__ points at the real folder, and import
+the two submodules through it; the real __init__ never runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+
+import onnxruntime
+
+from caffecompat.errors import CaffeCompatError
+
+_PACKAGE = "onnxruntime.training"
+
+
+def _bare_package() -> None:
+    if _PACKAGE in sys.modules:
+        return
+    folder = os.path.join(os.path.dirname(onnxruntime.__file__), "training")
+    if not os.path.isdir(folder):
+        raise CaffeCompatError(
+            "this onnxruntime has no training support: install onnxruntime-training-cpu==1.19.2 "
+            "(or onnxruntime-training==1.19.2 for CUDA) instead of plain onnxruntime"
+        )
+    package = types.ModuleType(_PACKAGE)
+    package.__path__ = [folder]
+    package.__package__ = _PACKAGE
+    sys.modules[_PACKAGE] = package
+
+
+_bare_package()
+artifacts = importlib.import_module(f"{_PACKAGE}.artifacts")
+api = importlib.import_module(f"{_PACKAGE}.api")
+
+__all__ = ["artifacts", "api"]
