@@ -1,0 +1,145 @@
+""".solverstate snapshots: Caffe's SolverState message in a binary protobuf file.
+
+A snapshot holds the iteration reached, the .caffemodel written beside it
+(`learned_net`), the learning-rate policy's `current_step` and the solver's
+history blobs. Caffe stores history as one flat list: for each parameter the
+first history blob, then (AdaDelta, Adam) for each parameter the second one.
+`flatten_history` / `split_history` convert between that and per-parameter
+lists as `updates.Param.history` holds them.
+
+Only the binary format is supported; HDF5 snapshots (`.solverstate.h5`)
+raise NotSupportedError.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from caffecompat import glog
+from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.formats import protofile
+from caffecompat.formats.blob import array_to_blob, blob_to_array
+from caffecompat.proto import caffe_pb2
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass
+class SolverStateData:
+    """The contents of a .solverstate file."""
+
+    iteration: int
+    learned_net: str
+    history: list[np.ndarray] = field(default_factory=list)  # flat, in Caffe's order
+    current_step: int = 0
+    legacy_shapes: list[bool] = field(default_factory=list)  # blob stored with num/channels/height/width
+
+
+def flatten_history(per_param: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Caffe's history_ order: every parameter's first blob, then every parameter's second blob."""
+    if not per_param:
+        return []
+    depth = len(per_param[0])
+    return [blobs[k] for k in range(depth) for blobs in per_param]
+
+
+def split_history(flat: Sequence[np.ndarray], n_params: int) -> list[list[np.ndarray]]:
+    """Inverse of `flatten_history`: per-parameter lists from Caffe's flat history."""
+    if n_params == 0:
+        return []
+    if len(flat) % n_params:
+        raise CaffeCompatError(f"{len(flat)} history blobs cannot be split over {n_params} parameters")
+    depth = len(flat) // n_params
+    return [[flat[k * n_params + i] for k in range(depth)] for i in range(n_params)]
+
+
+def _refuse_hdf5(path: str | os.PathLike) -> None:
+    # Solver::Restore: a name ending in ".h5" is read as an HDF5 solver state.
+    if str(path).endswith(".h5"):
+        raise NotSupportedError(
+            f"HDF5 solver state {path}; resume from a binary .solverstate (snapshot_format: BINARYPROTO)"
+        )
+
+
+def read_solverstate(path: str | os.PathLike) -> SolverStateData:
+    """Read a binary .solverstate file."""
+    _refuse_hdf5(path)
+    data = protofile.read_bytes(path, "solverstate")
+    if data.startswith(_HDF5_MAGIC):
+        raise NotSupportedError(
+            f"HDF5 solver state {path}; resume from a binary .solverstate (snapshot_format: BINARYPROTO)"
+        )
+    state = protofile.parse_binary(data, caffe_pb2.SolverState, path, "solverstate")
+    history = [blob_to_array(b, where=f"{path} history blob #{i}") for i, b in enumerate(state.history)]
+    legacy = [not b.HasField("shape") and b.HasField("num") for b in state.history]
+    return SolverStateData(
+        iteration=state.iter,
+        learned_net=state.learned_net,
+        history=history,
+        current_step=state.current_step,
+        legacy_shapes=legacy,
+    )
+
+
+def write_solverstate(
+    path: str | os.PathLike,
+    iteration: int,
+    learned_net: str,
+    history: Sequence[np.ndarray],
+    current_step: int,
+) -> None:
+    """SGDSolver::SnapshotSolverStateToBinaryProto: write the state (atomically) and log it."""
+    _refuse_hdf5(path)
+    state = caffe_pb2.SolverState()
+    state.iter = iteration
+    state.learned_net = learned_net
+    state.current_step = current_step
+    for h in history:
+        array_to_blob(h, state.history.add())
+    glog.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {path}")
+    protofile.write_binary(path, state)
+
+
+def _shape_matches(stored: tuple[int, ...], expected: tuple[int, ...], legacy: bool) -> bool:
+    # Blob::ShapeEquals: a legacy blob's num/channels/height/width is the shape padded with leading 1s.
+    if legacy and len(expected) <= 4:
+        return stored == (1,) * (4 - len(expected)) + expected
+    return stored == expected
+
+
+def check_history(
+    state: SolverStateData,
+    expected_shapes: Sequence[Sequence[int]],
+    path: str | os.PathLike,
+    names: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """The snapshot's history in the shapes of the net being resumed, or a CaffeCompatError.
+
+    `expected_shapes` is the flat history layout (see `flatten_history`); `names`,
+    when given, names each entry in messages (e.g. "conv1 weights").
+    """
+    fix = "the snapshot is for another net or solver type: resume with the net and solver that wrote it"
+    # SGDSolver::RestoreSolverStateFromBinaryProto: CHECK_EQ on the number of history blobs.
+    if len(state.history) != len(expected_shapes):
+        raise CaffeCompatError(
+            f"{path}: holds {len(state.history)} history blobs but this net and solver need "
+            f"{len(expected_shapes)}; {fix}"
+        )
+    glog.info("sgd_solver.cpp:336", "SGDSolver: restoring history")
+    out = []
+    for i, (h, shape) in enumerate(zip(state.history, expected_shapes, strict=True)):
+        expected = tuple(int(d) for d in shape)
+        legacy = state.legacy_shapes[i] if i < len(state.legacy_shapes) else False
+        if not _shape_matches(tuple(h.shape), expected, legacy):
+            which = f" ({names[i]})" if names is not None and i < len(names) else ""
+            raise CaffeCompatError(
+                f"{path}: history blob #{i} has shape {list(h.shape)} but this net's parameter"
+                f"{which} has shape {list(expected)}; {fix}"
+            )
+        out.append(h.reshape(expected))
+    return out
+
