@@ -17,12 +17,13 @@ from caffecompat.proto import caffe_pb2
 
 
 def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
-    """The blob's shape: BlobShape when present, else legacy num/channels/height/width."""
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    # Caffe's Blob::ShapeEquals/FromProto: legacy blobs are 4-D N x C x H x W.
+    """The blob's shape: legacy num/channels/height/width when any is set, else BlobShape."""
+    # Caffe's Blob::FromProto: any legacy field makes the blob 4-D N x C x H x W,
+    # even when a BlobShape is present too.
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return (blob.num, blob.channels, blob.height, blob.width)
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
     return (len(blob.data) or len(blob.double_data),) if (blob.data or blob.double_data) else (0,)
 
 

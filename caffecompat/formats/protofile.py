@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -77,8 +78,9 @@ def read_text(path: str | os.PathLike, cls: type[M], what: str) -> M:
     return parse_text(text, cls, path, what)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
+def write_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes | memoryview]) -> None:
+    """Write `data` (bytes, or buffers written one after another) to `path` through a
+    temporary file and a rename."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
@@ -86,7 +88,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                for chunk in data:
+                    f.write(chunk)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
