@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from caffecompat.formats.blob import read_binaryproto
-from caffecompat.formats.caffemodel import read_weights
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.net import spec as netspec
-from caffecompat.net.weights import copy_trained_layers, init_params
+from caffecompat.net.weights import init_params, load_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.forward import ForwardRunner
 
@@ -27,9 +26,8 @@ def run_golden_net(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     net = read_net_prototxt(folder / "net.prototxt")
     spec = netspec.build(net, caffe_pb2.TEST, source=str(folder / "net.prototxt"))
     weights_file = next(p for p in (folder / "weights.caffemodel", folder / "weights_v1.caffemodel") if p.exists())
-    weights = read_weights(weights_file)
     params = init_params(spec, np.random.default_rng(0))
-    copy_trained_layers(spec, params, weights.blobs, str(weights_file), weights.legacy_layers)
+    load_caffemodel(spec, params, str(weights_file))
     names = (folder / "blob_names.txt").read_text().split()
     golden = np.load(folder / "blobs.npz")
     wanted = [spec.blob_values[b] for b in names if spec.blob_values.get(b) not in spec.inputs]

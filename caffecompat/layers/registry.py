@@ -65,6 +65,8 @@ class Layer:
     max_bottoms: ClassVar[int | None] = None
     min_tops: ClassVar[int | None] = None
     max_tops: ClassVar[int | None] = None
+    # Parameter blobs are running statistics, never learned (BatchNorm forces their lr_mult to 0).
+    statistics_params: ClassVar[bool] = False
     # Caffe's EqualNumBottomTopBlobs (ReLU-like layers that map each bottom to one top).
     equal_bottoms_tops: ClassVar[bool] = False
 

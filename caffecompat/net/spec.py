@@ -74,12 +74,15 @@ def param_tensor_name(layer: str, index: int) -> str:
 
 def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
           stages: Iterable[str] = (), source_shapes: SourceShapes | None = None,
-          source: str = "net") -> NetSpec:
+          source: str = "net", state: caffe_pb2.NetState | None = None) -> NetSpec:
     """Resolve `net` for `phase`. `source_shapes` gives the top shapes of data layers.
 
+    `state`, when given, is the complete NetState (as the solver merges it);
+    otherwise it is the net's own state with `phase`, `level` and `stages` set.
     `source` names the file in error messages.
     """
-    state = make_state(net, phase, level, stages)
+    state = state if state is not None else make_state(net, phase, level, stages)
+    phase = state.phase
     layers = insert_splits(filter_layers(net, state, source), source)
     nodes: list[LayerNode] = []
     shapes: dict[str, Shape] = {}
@@ -174,7 +177,14 @@ def _resolve_params(node: LayerNode, impl: registry.Layer, params: dict[str, Par
         if spec.name:
             shared[spec.name] = (own, shape)
         node.param_names.append(own)
-        params[own] = ParamInfo(own, node.name, i, shape, spec.lr_mult, spec.decay_mult)
+        lr_mult = spec.lr_mult
+        if impl.statistics_params:
+            # BatchNormLayer::LayerSetUp masks its statistics from the solver: lr_mult 0, or an error.
+            if i < len(specs) and spec.HasField("lr_mult") and spec.lr_mult != 0:
+                raise node.error(f"param #{i} is a running statistic and cannot be learned; set lr_mult: 0 "
+                                 "or remove its `param { }`")
+            lr_mult = 0.0
+        params[own] = ParamInfo(own, node.name, i, shape, lr_mult, spec.decay_mult)
 
 
 def _resolve_loss_weights(node: LayerNode, impl: registry.Layer) -> None:

@@ -62,3 +62,14 @@ def copy_trained_layers(spec: NetSpec, values: dict[str, np.ndarray],
             values[node.param_names[j]] = np.ascontiguousarray(blob, dtype=np.float32).reshape(target)
         copied.append(lname)
     return copied
+
+
+def load_caffemodel(spec: NetSpec, values: dict[str, np.ndarray], path: str) -> list[str]:
+    """Copy the layers of the .caffemodel at `path` into `values` by layer name (Net::CopyTrainedLayersFrom)."""
+    from caffecompat.formats.caffemodel import read_weights
+
+    weights = read_weights(path)
+    layers = list(weights.net.layer) or list(weights.net.layers)
+    # Blobs written before BlobShape carry num/channels/height/width (Blob::ShapeEquals' legacy case).
+    legacy = frozenset(lp.name for lp in layers if any(not b.HasField("shape") for b in lp.blobs))
+    return copy_trained_layers(spec, values, weights.blobs, path, legacy)

@@ -38,6 +38,8 @@ def _bare_package() -> None:
 
 
 _bare_package()
+# Keep ORT's own INFO/WARNING chatter (graph transformers, etc.) out of Caffe-style logs.
+onnxruntime.set_default_logger_severity(3)
 artifacts = importlib.import_module(f"{_PACKAGE}.artifacts")
 api = importlib.import_module(f"{_PACKAGE}.api")
 

@@ -1,0 +1,47 @@
+"""Flag handling shared by the Caffe-tool subcommands: single-dash flags, -gpu, -stage."""
+
+from __future__ import annotations
+
+import argparse
+
+from caffecompat.errors import NotSupportedError
+from caffecompat.runtime.providers import resolve
+
+
+def flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add a flag spelled Caffe's way (-name) that also accepts --name."""
+    parser.add_argument(f"-{name}", f"--{name}", dest=name, **kwargs)
+
+
+def add_gpu_flags(parser: argparse.ArgumentParser) -> None:
+    """-gpu and -allow_cpu_fallback."""
+    flag(parser, "gpu", default="", metavar="ID",
+         help="run on CUDA device ID with the CUDA execution provider (needs onnxruntime-training, the "
+              "CUDA build); one device only")
+    flag(parser, "allow_cpu_fallback", action="store_true",
+         help="when -gpu is given but CUDA is not available, warn and run on the CPU instead of stopping")
+
+
+def gpu_id(value: str) -> int | None:
+    """The one device id of a -gpu flag, or None for the CPU."""
+    value = value.strip()
+    if not value:
+        return None
+    if value == "all" or "," in value:
+        raise NotSupportedError(f"-gpu {value}: multi-GPU training; give one device id, e.g. -gpu 0")
+    try:
+        return int(value)
+    except ValueError:
+        raise NotSupportedError(f"-gpu {value}: expected a device id such as 0") from None
+
+
+def providers_and_device(gpu: int | None, allow_cpu_fallback: bool) -> tuple[list, str]:
+    """ORT providers for inference sessions and the device string for training Modules."""
+    providers = resolve(gpu, allow_cpu_fallback)
+    uses_cuda = any((p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in providers)
+    return providers, (f"cuda:{gpu}" if uses_cuda else "cpu")
+
+
+def stages(value: str) -> list[str]:
+    """-stage "a,b" -> ["a", "b"]."""
+    return [s for s in (x.strip() for x in value.split(",")) if s]
