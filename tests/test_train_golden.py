@@ -17,8 +17,13 @@ from caffecompat.solver.solverstate import read_solverstate
 from tests.golden_train import RUNS, run_golden_recipe
 
 
+# A blob whose gradient is mathematically zero (a conv bias feeding BatchNorm) holds rounding noise
+# of ~1e-9 in Caffe's snapshot; its relative error says nothing, so norms below this floor count as it.
+NORM_FLOOR = 1e-4
+
+
 def _rel_l2(ours: np.ndarray, caffe: np.ndarray) -> float:
-    return float(np.linalg.norm(ours - caffe) / max(np.linalg.norm(caffe), 1e-12))
+    return float(np.linalg.norm(ours - caffe) / max(np.linalg.norm(caffe), NORM_FLOOR))
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
@@ -59,10 +64,7 @@ def test_training_matches_caffe(golden, tmp_path, monkeypatch, name):
     assert len(our_state.history) == len(caffe_state.history)
     for i, (a, b) in enumerate(zip(our_state.history, caffe_state.history)):
         assert a.shape == b.shape
-        if np.linalg.norm(b) > 0:
-            assert _rel_l2(a, b) <= 1e-3, f"history blob {i}: {_rel_l2(a, b)}"
-        else:
-            assert np.linalg.norm(a) <= 1e-6
+        assert _rel_l2(a, b) <= 1e-3, f"history blob {i}: {_rel_l2(a, b)}"
 
 
 def _caffe_lr_text(golden, name: str, it: int) -> str:

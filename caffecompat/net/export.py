@@ -100,4 +100,16 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="caffecompat")
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
+    if any(v not in spec.shapes and v != LOSS_OUTPUT for v in out_names):
+        _fill_output_shapes(model)
     return Exported(model=model, params=used, side_outputs=dict(g.side_outputs))
+
+
+def _fill_output_shapes(model: onnx.ModelProto) -> None:
+    # Side outputs (e.g. BatchNorm batch statistics) have no Caffe blob shape; ORT's training graph
+    # builder needs every output typed with a shape, so take it from ONNX shape inference.
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape") and out.name in known:
+            out.type.CopyFrom(known[out.name].type)

@@ -88,6 +88,25 @@ class Solver:
             load_caffemodel(self.spec, values, w)
 
         self.tests: list[TestNet] = []
+        try:
+            self._init_tests_and_runtime(param, solver_file, values, weights, device, providers)
+        except BaseException:
+            self.train.close()
+            for t in self.tests:
+                t.feeder.close()
+            raise
+        self.iter = 0
+        self.smoothed_loss = F32(0)
+        self.losses: list[F32] = []
+        self.requested_early_exit = False
+        self.pending_action: str | None = None
+        self.sigint_effect = "stop"
+        self.sighup_effect = "snapshot"
+        glog.info("solver.cpp:57", "Solver scaffolding done.")
+
+    def _init_tests_and_runtime(self, param: caffe_pb2.SolverParameter, solver_file: str,
+                                values: dict[str, np.ndarray], weights: list[str], device: str,
+                                providers: list | None) -> None:
         for i, test in enumerate(nets.test_nets(param, solver_file)):
             glog.info("solver.cpp:190", f"Creating test net (#{i}) specified by {test.source}")
             feeder = build_with_data(test.net, test.state, self.rng, test.source)
@@ -108,14 +127,6 @@ class Solver:
         self.param_names = list(self.spec.params)
         self.history = make_history(self.solver_type, [self.spec.params[p].shape for p in self.param_names])
         self.schedule = LrSchedule(param, where=solver_file)
-        self.iter = 0
-        self.smoothed_loss = F32(0)
-        self.losses: list[F32] = []
-        self.requested_early_exit = False
-        self.pending_action: str | None = None
-        self.sigint_effect = "stop"
-        self.sighup_effect = "snapshot"
-        glog.info("solver.cpp:57", "Solver scaffolding done.")
 
     # -- parameters ------------------------------------------------------------
     def value(self, name: str) -> np.ndarray:
