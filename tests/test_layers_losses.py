@@ -1,0 +1,328 @@
+"""Loss layers: forward against hand-computed numpy, gradients from ORT training against Caffe's backward."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from caffecompat.formats.blob import blob_to_array, read_blob_vector, write_binaryproto
+from caffecompat.formats.protofile import parse_text, read_binary
+from caffecompat.net.export import LOSS_OUTPUT, export
+from caffecompat.net.spec import build
+from caffecompat.proto import caffe_pb2
+from tests.gradients import numeric_gradient, ort_gradients
+
+FLT_MIN = np.finfo(np.float32).tiny
+
+
+def make_net(layers: str, inputs: dict[str, tuple[int, ...]], phase: int = caffe_pb2.TRAIN):
+    """A NetSpec of Input layers for `inputs` followed by `layers` (prototxt text)."""
+    text = "".join(
+        f'layer {{ name: "in_{n}" type: "Input" top: "{n}" input_param {{ shape {{ '
+        + " ".join(f"dim: {d}" for d in s) + " } } }\n"
+        for n, s in inputs.items()
+    )
+    net = parse_text(text + layers, caffe_pb2.NetParameter, "test.prototxt", "net")
+    return build(net, phase)
+
+
+def forward(layers: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run the net once in an inference session; returns every net output (and the summed loss)."""
+    spec = make_net(layers, {k: v.shape for k, v in feeds.items()})
+    model = export(spec, params={}, loss_output=bool(spec.loss_tops()), outputs=outputs).model
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = sess.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})
+    return dict(zip(names, values))
+
+
+def loss_and_grads(layers: str, feeds: dict[str, np.ndarray], trainable: list[str]) -> tuple[float, dict]:
+    """Loss and ORT's gradient w.r.t. the named input blobs, made learnable parameters holding their feeds."""
+    spec = make_net(layers, {k: v.shape for k, v in feeds.items()})
+    model = export(spec, params={}, loss_output=True, outputs=[]).model
+    graph = model.graph
+    keep = [i for i in graph.input if i.name not in trainable]
+    del graph.input[:]
+    graph.input.extend(keep)
+    graph.initializer.extend(numpy_helper.from_array(feeds[n].astype(np.float32), n) for n in trainable)
+    onnx.checker.check_model(model)
+    loss, grads = ort_gradients(model, [feeds[i.name].astype(np.float32) for i in keep], trainable)
+    return loss, grads
+
+
+def close(ours, ref, rtol=1e-5):
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+    err = float(np.abs(ours - ref).max()) / scale if ref.size else 0.0
+    assert err <= rtol, f"max error {err} (ours {ours.ravel()[:6]}, ref {ref.ravel()[:6]})"
+
+
+# -- SoftmaxWithLoss --------------------------------------------------------------
+
+def softmax_ref(x, labels, axis, ignore, mode):
+    """Caffe's SoftmaxWithLoss forward and backward, written as loops over positions."""
+    x = x.astype(np.float64)
+    xm = np.moveaxis(x, axis, -1)
+    p = np.exp(xm - xm.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    outer = int(np.prod(x.shape[:axis]))
+    inner = int(np.prod(x.shape[axis + 1:]))
+    pf = p.reshape(outer, inner, -1)
+    lab = labels.reshape(outer, inner).astype(int)
+    loss, count = 0.0, 0
+    diff = pf.copy()
+    for i in range(outer):
+        for j in range(inner):
+            if ignore is not None and lab[i, j] == ignore:
+                diff[i, j] = 0
+                continue
+            loss -= np.log(max(pf[i, j, lab[i, j]], FLT_MIN))
+            diff[i, j, lab[i, j]] -= 1
+            count += 1
+    norm = {"FULL": outer * inner, "VALID": count, "BATCH_SIZE": outer, "NONE": 1}[mode]
+    norm = max(1.0, norm)
+    diff = np.moveaxis(diff.reshape(xm.shape), -1, axis) / norm
+    return loss / norm, diff, np.moveaxis(p, -1, axis)
+
+
+@pytest.mark.parametrize("mode", ["VALID", "FULL", "BATCH_SIZE", "NONE", "legacy_false", "legacy_true"])
+def test_softmax_with_loss_modes_and_ignore(mode):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 4, 3, 2)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(2, 1, 3, 2)).astype(np.float32)
+    labels[0, 0, 1, 1] = labels[1, 0, 0, 0] = labels[1, 0, 2, 1] = 255
+    if mode.startswith("legacy"):
+        lp = f"normalize: {mode == 'legacy_true'}".lower()
+        ref_mode = "VALID" if mode == "legacy_true" else "BATCH_SIZE"
+    else:
+        lp, ref_mode = f"normalization: {mode}", mode
+    layers = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" '
+              f'loss_param {{ ignore_label: 255 {lp} }} }}')
+    ref_loss, ref_diff, ref_prob = softmax_ref(x, labels, 1, 255, ref_mode)
+    out = forward(layers, {"x": x, "label": labels})
+    close(out["loss"], ref_loss)
+    close(out[LOSS_OUTPUT], ref_loss)
+    close(out["prob"], ref_prob)
+    loss, grads = loss_and_grads(layers, {"x": x, "label": labels}, ["x"])
+    close(loss, ref_loss)
+    close(grads["x"], ref_diff)
+
+
+def test_softmax_with_loss_axis_and_loss_weight():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 2, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=(3, 2)).astype(np.float32)
+    layers = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" '
+              'loss_weight: 2.5 softmax_param { axis: -1 } }')
+    ref_loss, ref_diff, _ = softmax_ref(x, labels, 2, None, "VALID")
+    loss, grads = loss_and_grads(layers, {"x": x, "label": labels}, ["x"])
+    close(loss, 2.5 * ref_loss)
+    close(grads["x"], 2.5 * ref_diff)
+
+
+def test_softmax_with_loss_all_ignored_and_clamp():
+    x = np.array([[0.0, 200.0, -300.0], [1.0, 2.0, 3.0]], np.float32)
+    labels = np.array([2.0, 7.0], np.float32)
+    layers = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" '
+              'loss_param { ignore_label: 7 } }')
+    # prob of class 2 underflows: Caffe's loss is -log(FLT_MIN), its gradient still prob - 1.
+    ref_loss, ref_diff, _ = softmax_ref(x, labels, 1, 7, "VALID")
+    assert np.isclose(ref_loss, -np.log(FLT_MIN))
+    loss, grads = loss_and_grads(layers, {"x": x, "label": labels}, ["x"])
+    close(loss, ref_loss)
+    close(grads["x"], ref_diff)
+    # Every position ignored: the normalizer is max(1, 0) and the loss 0.
+    out = forward(layers, {"x": x, "label": np.array([7.0, 7.0], np.float32)})
+    assert float(out["loss"]) == 0.0
+
+
+def test_softmax_with_loss_through_inner_product_finite_differences():
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(4, 6)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2], np.float32)
+    w = rng.normal(size=(3, 6)).astype(np.float32)
+    b = rng.normal(size=(3,)).astype(np.float32)
+    text = ('layer { name: "in" type: "Input" top: "data" top: "label" input_param { shape { dim: 4 dim: 6 } '
+            'shape { dim: 4 } } }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }')
+    spec = build(parse_text(text, caffe_pb2.NetParameter, "t", "net"), caffe_pb2.TRAIN)
+    model = export(spec, params={"ip#0": w, "ip#1": b}, loss_output=True, outputs=[]).model
+    loss, grads = ort_gradients(model, [data, labels], ["ip#0", "ip#1"])
+    # Hand derivation: d loss / d ip = (softmax - onehot) / N, then through the InnerProduct.
+    _, dip, _ = softmax_ref(data @ w.T + b, labels, 1, None, "VALID")
+    close(grads["ip#0"], dip.T @ data)
+    close(grads["ip#1"], dip.sum(0))
+
+    def loss_fn(values):
+        return softmax_ref(data.astype(np.float64) @ values["w"].T + b, labels, 1, None, "VALID")[0]
+
+    idx, num = numeric_gradient(loss_fn, {"w": w.astype(np.float64)}, "w", eps=1e-4)
+    np.testing.assert_allclose(grads["ip#0"].reshape(-1)[idx], num, rtol=1e-3, atol=1e-5)
+
+
+def test_softmax_with_loss_matches_caffe_golden(golden):
+    grad = golden / "train" / "grad"
+    names = (grad / "blob_names.txt").read_text().split()
+    blobs = dict(zip(names, read_blob_vector(grad / "blobs.binaryproto")))
+    vec = read_binary(grad / "blob_diffs.binaryproto", caffe_pb2.BlobProtoVector, "blob diffs")
+    ip2_diff = blob_to_array(vec.blobs[names.index("ip2")], diff=True)
+    caffe_loss = float((grad / "loss.txt").read_text().split()[0])
+    layers = 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }'
+    loss, grads = loss_and_grads(layers, {"ip2": blobs["ip2"], "label": blobs["label"]}, ["ip2"])
+    assert abs(loss - caffe_loss) <= 1e-5 * abs(caffe_loss)
+    rel = np.abs(grads["ip2"] - ip2_diff).max() / np.abs(ip2_diff).max()
+    assert rel <= 1e-5
+
+
+# -- SigmoidCrossEntropyLoss ------------------------------------------------------
+
+def sigmoid_ce_ref(x, t, ignore, mode):
+    x = x.astype(np.float64).reshape(-1)
+    t = t.astype(np.float64).reshape(-1)
+    pos = (x >= 0).astype(np.float64)
+    terms = x * (t - pos) - np.log1p(np.exp(x - 2 * x * pos))
+    valid = np.ones_like(x) if ignore is None else (t.astype(int) != ignore).astype(np.float64)
+    outer = 2
+    norm = max(1.0, {"VALID": valid.sum(), "BATCH_SIZE": outer, "FULL": x.size, "NONE": 1}[mode])
+    diff = (1 / (1 + np.exp(-x)) - t) * valid / norm
+    return -(terms * valid).sum() / norm, diff
+
+
+@pytest.mark.parametrize("lp,mode", [("", "BATCH_SIZE"), ("ignore_label: -1 normalization: VALID", "VALID"),
+                                     ("normalize: true ignore_label: -1", "VALID"), ("normalization: FULL", "FULL")])
+def test_sigmoid_cross_entropy(lp, mode):
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(2, 3, 2)) * 4).astype(np.float32)
+    x[0, 0, 0] = 0.0  # Caffe's gradient at exactly 0 is 0.5 - t
+    x[1, 2, 1] = 40.0
+    t = rng.integers(0, 2, size=(2, 6)).astype(np.float32)
+    t[1, 3] = -1.0
+    ignore = -1 if "ignore" in lp else None
+    if ignore is None:
+        t[1, 3] = 0.0
+    layers = ('layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss" '
+              f'loss_param {{ {lp} }} }}')
+    ref_loss, ref_diff = sigmoid_ce_ref(x, t, ignore, mode)
+    loss, grads = loss_and_grads(layers, {"x": x, "t": t}, ["x"])
+    close(loss, ref_loss)
+    close(grads["x"].reshape(-1), ref_diff)
+
+
+# -- EuclideanLoss, HingeLoss -----------------------------------------------------------
+
+def test_euclidean_loss_gradients_to_both_bottoms():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(3, 4)).astype(np.float32)
+    b = rng.normal(size=(3, 2, 2)).astype(np.float32)
+    layers = 'layer { name: "loss" type: "EuclideanLoss" bottom: "a" bottom: "b" top: "loss" }'
+    diff = a.astype(np.float64) - b.reshape(3, 4)
+    loss, grads = loss_and_grads(layers, {"a": a, "b": b}, ["a"])
+    close(loss, (diff ** 2).sum() / 3 / 2)
+    close(grads["a"], diff / 3)
+    _, grads = loss_and_grads(layers, {"a": a, "b": b}, ["b"])
+    close(grads["b"], -diff.reshape(3, 2, 2) / 3)
+
+
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+def test_hinge_loss(norm):
+    x = np.array([[0.5, -2.0, 0.0, 1.0], [2.0, 1.5, -1.0, -0.25], [0.2, 0.1, 3.0, -1.0]], np.float32)
+    labels = np.array([0, 1, 2], np.float32)
+    layers = ('layer { name: "loss" type: "HingeLoss" bottom: "x" bottom: "label" top: "loss" '
+              f'hinge_loss_param {{ norm: {norm} }} }}')
+    sign = np.ones_like(x, dtype=np.float64)
+    sign[np.arange(3), labels.astype(int)] = -1
+    m = np.maximum(0, 1 + sign * x)
+    if norm == "L1":
+        ref, diff = m.sum() / 3, np.sign(m) * sign / 3
+    else:
+        ref, diff = (m ** 2).sum() / 3, 2 * m * sign / 3
+    loss, grads = loss_and_grads(layers, {"x": x, "label": labels}, ["x"])
+    close(loss, ref)
+    close(grads["x"], diff)
+
+
+# -- InfogainLoss ----------------------------------------------------------------
+
+def infogain_ref(x, labels, h, ignore=None):
+    p = np.exp(x - x.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    loss, count = 0.0, 0
+    diff = np.zeros_like(p)
+    for i, y in enumerate(labels.astype(int)):
+        if y == ignore:
+            continue
+        loss -= (h[y] * np.log(np.maximum(p[i], 1e-20))).sum()
+        diff[i] = p[i] * h[y].sum() - h[y]
+        count += 1
+    return loss / max(1, count), diff / max(1, count), p
+
+
+def test_infogain_loss_from_source_and_from_bottom(tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(4, 3)).astype(np.float64)
+    x[3] = [0.0, 80.0, -20.0]  # class 2's probability is below 1e-20: clamped in the forward only
+    labels = np.array([0, 2, 1, 2], np.float32)
+    h = rng.uniform(0, 1, size=(3, 3)).astype(np.float32)
+    write_binaryproto(tmp_path / "h.binaryproto", h.reshape(1, 1, 3, 3))
+    ref_loss, ref_diff, ref_prob = infogain_ref(x, labels, h.astype(np.float64))
+    layers = ('layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" '
+              f'infogain_loss_param {{ source: "{tmp_path / "h.binaryproto"}" }} }}')
+    loss, grads = loss_and_grads(layers, {"x": x, "label": labels}, ["x"])
+    close(loss, ref_loss)
+    close(grads["x"], ref_diff)
+    close(forward(layers, {"x": x, "label": labels})["prob"], ref_prob)
+    layers3 = ('layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H" top: "loss" '
+               'loss_param { ignore_label: 1 } }')
+    ref_loss, ref_diff, _ = infogain_ref(x, labels, h.astype(np.float64), ignore=1)
+    loss, grads = loss_and_grads(layers3, {"x": x, "label": labels, "H": h}, ["x"])
+    close(loss, ref_loss)
+    close(grads["x"], ref_diff)
+
+
+# -- ContrastiveLoss ----------------------------------------------------------------
+
+def contrastive_ref(a, b, sim, margin, legacy):
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    n = len(a)
+    d = a - b
+    d2 = (d ** 2).sum(1)
+    loss, grad = 0.0, np.zeros_like(a)
+    for i in range(n):
+        if int(sim[i]):
+            loss += d2[i]
+            grad[i] = d[i] / n
+        elif legacy:
+            loss += max(margin - d2[i], 0)
+            grad[i] = -d[i] / n if margin - d2[i] > 0 else 0
+        else:
+            dist = np.sqrt(d2[i])
+            mdist = margin - dist
+            loss += max(mdist, 0) ** 2
+            grad[i] = -mdist / (dist + 1e-4) * d[i] / n if mdist > 0 else 0
+    return loss / n / 2, grad
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_contrastive_loss(legacy):
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(5, 3, 1, 1)).astype(np.float32) * 0.6
+    b = rng.normal(size=(5, 3, 1, 1)).astype(np.float32) * 0.6
+    sim = np.array([1, 0, 0, 1, 0], np.float32).reshape(5, 1, 1, 1)
+    layers = ('layer { name: "loss" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "sim" top: "loss" '
+              f'contrastive_loss_param {{ margin: 1.5 legacy_version: {str(legacy).lower()} }} }}')
+    ref_loss, ref_grad = contrastive_ref(a, b, sim.ravel(), 1.5, legacy)
+    loss, grads = loss_and_grads(layers, {"a": a, "b": b, "sim": sim}, ["a", "b"])
+    close(loss, ref_loss)
+    close(grads["a"].reshape(5, 3), ref_grad)
+    close(grads["b"].reshape(5, 3), -ref_grad)
+
+
+def test_label_count_mismatch_names_the_layer():
+    layers = 'layer { name: "myloss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" }'
+    with pytest.raises(Exception, match="myloss"):
+        make_net(layers, {"x": (2, 3, 4), "label": (2, 3)})
