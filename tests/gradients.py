@@ -21,7 +21,7 @@ def ort_gradients(model: onnx.ModelProto, inputs: list[np.ndarray], trainable: l
         module = api.Module(str(Path(d) / "training_model.onnx"), state, None)
         module.train()
         outputs = module(*inputs)
-        loss = outputs[0] if isinstance(outputs, list) else outputs
+        loss = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
         return float(loss), {p: np.array(state.parameters[p].grad) for p in trainable}
 
 

@@ -16,7 +16,6 @@ from caffecompat.formats.caffemodel import read_weights
 from caffecompat.solver.solverstate import read_solverstate
 from tests.golden_train import RUNS, run_golden_recipe
 
-
 # A blob whose gradient is mathematically zero (a conv bias feeding BatchNorm) holds rounding noise
 # of ~1e-9 in Caffe's snapshot; its relative error says nothing, so norms below this floor count as it.
 NORM_FLOOR = 1e-4
