@@ -22,9 +22,8 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     # even when a BlobShape is present too.
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return (blob.num, blob.channels, blob.height, blob.width)
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    return (len(blob.data) or len(blob.double_data),) if (blob.data or blob.double_data) else (0,)
+    # With neither, the blob is 0-axis (one value): Caffe writes single-value blobs that way.
+    return tuple(int(d) for d in blob.shape.dim)
 
 
 def blob_to_array(blob: caffe_pb2.BlobProto, diff: bool = False, where: str = "blob") -> np.ndarray:

@@ -198,9 +198,8 @@ def _blob_shape(meta: caffe_pb2.BlobProto, count: int) -> tuple[int, ...]:
     # Caffe's Blob::FromProto: legacy num/channels/height/width win, else BlobShape.
     if any(meta.HasField(f) for f in _LEGACY_DIMS):
         return (meta.num, meta.channels, meta.height, meta.width)
-    if meta.HasField("shape"):
-        return tuple(int(d) for d in meta.shape.dim)
-    return (count,)
+    # A blob with neither is 0-axis (one value), as Caffe writes single-value blobs.
+    return tuple(int(d) for d in meta.shape.dim)
 
 
 def _read_blob(r: _Reader, end: int, where: str) -> tuple[bytes, np.ndarray]:

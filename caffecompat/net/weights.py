@@ -21,7 +21,8 @@ def init_params(spec: NetSpec, rng: np.random.Generator) -> dict[str, np.ndarray
             continue
         arrays = registry.get(node).init_params(node, rng)
         for i in owned:
-            values[node.param_names[i]] = np.ascontiguousarray(arrays[i], dtype=np.float32)
+            # np.array, not np.ascontiguousarray: the latter turns 0-axis blobs (shared PReLU slope) 1-D.
+            values[node.param_names[i]] = np.array(arrays[i], dtype=np.float32, order="C")
     return values
 
 

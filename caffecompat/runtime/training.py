@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.net.export import LOSS_OUTPUT, export
 from caffecompat.net.spec import NetSpec
 from caffecompat.runtime.ort_training import api, artifacts
+from caffecompat.runtime.providers import session_options
 
 
 class TrainingNet:
@@ -38,8 +40,11 @@ class TrainingNet:
                                          loss=None, artifact_directory=folder, ort_format=False)
         except Exception as e:  # ORT raises plain RuntimeErrors for graphs it cannot differentiate
             raise CaffeCompatError(f"net '{spec.name}': ONNX Runtime cannot build its training graph: {e}") from None
+        # generate_artifacts turns ORT's default logger back to INFO: quiet it again.
+        onnxruntime.set_default_logger_severity(3)
         self.state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
-        self.module = api.Module(str(folder / "training_model.onnx"), self.state, None, device=device)
+        self.module = api.Module(str(folder / "training_model.onnx"), self.state, None, device=device,
+                                 session_options=session_options())
         self.module.train()
         self.input_names = list(self.module.input_names())
         self.output_names = list(self.module.output_names())

@@ -1,0 +1,102 @@
+"""Shape layers: Concat, Slice, Flatten, Reshape, Crop, Tile, Silence (shapes, forward, gradients, errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caffecompat.errors import CaffeCompatError
+from tests.layer_helpers import build, forward, gradient_check, opencv_forward, relative_error
+
+SHAPE = (2, 3, 6, 5)
+
+NET = """
+layer { name: "ab" type: "Slice" bottom: "data" top: "a" top: "b" slice_param { slice_point: 1 } }
+layer { name: "c" type: "Concat" bottom: "b" bottom: "a" top: "c" concat_param { axis: 1 } }
+layer { name: "pq" type: "Slice" bottom: "c" top: "p" top: "q" slice_param { axis: -1 slice_point: 3 } }
+layer { name: "cr" type: "Crop" bottom: "c" bottom: "p" top: "cr" crop_param { axis: 2 offset: 0 offset: 2 } }
+layer { name: "flat" type: "Flatten" bottom: "cr" top: "flat" flatten_param { axis: 1 end_axis: 2 } }
+layer { name: "resh" type: "Reshape" bottom: "flat" top: "resh" reshape_param { shape { dim: 0 dim: -1 dim: 9 } } }
+layer { name: "s" type: "Silence" bottom: "q" }
+"""
+
+
+def _x(shape=SHAPE, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_shapes_and_forward_against_numpy():
+    spec, params = build(NET, SHAPE)
+    shapes = {b: spec.shapes[spec.blob_values[b]] for b in ["a", "b", "c", "p", "q", "cr", "flat", "resh"]}
+    assert shapes == {"a": (2, 1, 6, 5), "b": (2, 2, 6, 5), "c": (2, 3, 6, 5), "p": (2, 3, 6, 3),
+                      "q": (2, 3, 6, 2), "cr": (2, 3, 6, 3), "flat": (2, 18, 3), "resh": (2, 6, 9)}
+    assert spec.outputs == ["resh"]  # Silence consumed q
+    x = _x()
+    out = forward(spec, params, x, ["a", "b", "c", "q", "cr", "resh"])
+    c = np.concatenate([x[:, 1:], x[:, :1]], axis=1)
+    np.testing.assert_array_equal(out["c"], c)
+    np.testing.assert_array_equal(out["q"], c[..., 3:])
+    np.testing.assert_array_equal(out["cr"], c[..., 2:5])
+    np.testing.assert_array_equal(out["resh"], c[..., 2:5].reshape(2, 6, 9))
+
+
+def test_forward_matches_opencv(tmp_path):
+    spec, params = build(NET, SHAPE)
+    x = _x()
+    blobs = ["c", "cr", "flat", "resh"]
+    ours = forward(spec, params, x, blobs)
+    theirs = opencv_forward(tmp_path, spec, params, NET, x, blobs)
+    for b in blobs:
+        assert ours[b].shape == theirs[b].shape and relative_error(ours[b], theirs[b]) < 1e-4, b
+
+
+def test_legacy_dims_equal_split_tile_and_crop_single_offset():
+    net = """
+layer { name: "sl" type: "Slice" bottom: "data" top: "s0" top: "s1" top: "s2" slice_param { slice_dim: 2 } }
+layer { name: "cat" type: "Concat" bottom: "s2" bottom: "s0" top: "cat" concat_param { concat_dim: 0 } }
+layer { name: "tile" type: "Tile" bottom: "s1" top: "tile" tile_param { axis: 1 tiles: 3 } }
+layer { name: "sl3" type: "Slice" bottom: "s1" top: "r0" top: "r1" slice_param { axis: 3 slice_point: 4 } }
+layer { name: "crop" type: "Crop" bottom: "data" bottom: "r0" top: "crop" crop_param { axis: 2 offset: 1 } }
+layer { name: "r2" type: "Reshape" bottom: "tile" top: "r2" reshape_param { axis: 1 num_axes: 2 shape { dim: -1 } } }
+"""
+    spec, params = build(net, SHAPE)
+    x = _x()
+    out = forward(spec, params, x, ["s0", "s2", "cat", "tile", "crop", "r2"])
+    np.testing.assert_array_equal(out["s2"], x[:, :, 4:])
+    np.testing.assert_array_equal(out["cat"], np.concatenate([x[:, :, 4:], x[:, :, :2]], axis=0))
+    np.testing.assert_array_equal(out["tile"], np.tile(x[:, :, 2:4], (1, 3, 1, 1)))
+    # One offset serves every cropped axis: rows 1..2, columns 1..4.
+    np.testing.assert_array_equal(out["crop"], x[:, :, 1:3, 1:5])
+    assert out["r2"].shape == (2, 18, 5)
+
+
+def test_gradients_through_slice_concat_crop_tile():
+    net = """
+layer { name: "ab" type: "Slice" bottom: "data" top: "a" top: "b" slice_param { axis: 2 slice_point: 1 } }
+layer { name: "t" type: "Tile" bottom: "a" top: "t" tile_param { axis: 2 tiles: 2 } }
+layer { name: "c" type: "Concat" bottom: "b" bottom: "t" top: "c" concat_param { axis: 2 } }
+layer { name: "top" type: "Crop" bottom: "c" bottom: "b" top: "top" crop_param { axis: 2 offset: 1 offset: 0 } }
+"""
+    spec, params = build(net, (2, 2, 3, 3))
+    grads = gradient_check(spec, params, _x((2, 2, 3, 3)), "top")
+    assert grads["data"].shape == (2, 2, 3, 3)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ('layer { name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param { shape { dim: -1 dim: -1 } } }',
+     "more than one -1"),
+    ('layer { name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param { shape { dim: 7 dim: -1 } } }',
+     "divisible"),
+    ('layer { name: "r" type: "Reshape" bottom: "data" top: "data" reshape_param { shape { dim: -1 } } }',
+     "in-place"),
+    ('layer { name: "s" type: "Slice" bottom: "data" top: "x" top: "y" slice_param { axis: 3 } }', "evenly"),
+    ('layer { name: "s" type: "Slice" bottom: "data" top: "x" top: "y" slice_param { slice_point: 1 '
+     'slice_point: 2 } }', "slice_point"),
+    ('layer { name: "c" type: "Crop" bottom: "data" bottom: "data" top: "c" crop_param { offset: 1 } }',
+     "out of bounds"),
+    ('layer { name: "t" type: "Tile" bottom: "data" top: "t" }', "tiles"),
+    ('layer { name: "f" type: "Flatten" bottom: "data" top: "f" flatten_param { axis: 4 } }', "out of range"),
+])
+def test_errors_name_the_layer(layer, message):
+    with pytest.raises(CaffeCompatError, match=message):
+        build(layer, SHAPE)
