@@ -10,10 +10,13 @@ the two submodules through it; the real __init__ never runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+import tempfile
 import types
+from collections.abc import Iterator
 
 import onnxruntime
 
@@ -44,3 +47,22 @@ artifacts = importlib.import_module(f"{_PACKAGE}.artifacts")
 api = importlib.import_module(f"{_PACKAGE}.api")
 
 __all__ = ["artifacts", "api"]
+
+
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Silence C++ writes to stderr (fd 2) for the duration.
+
+    ORT's gradient builder logs every graph transformer at INFO level through a
+    logger the Python API does not reach; that noise would break Caffe-style
+    logs. Failures still raise Python exceptions.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -19,7 +19,7 @@ import onnxruntime
 from caffecompat.errors import CaffeCompatError
 from caffecompat.net.export import LOSS_OUTPUT, export
 from caffecompat.net.spec import NetSpec
-from caffecompat.runtime.ort_training import api, artifacts
+from caffecompat.runtime.ort_training import api, artifacts, native_stderr_quiet
 from caffecompat.runtime.providers import session_options
 
 
@@ -36,11 +36,12 @@ class TrainingNet:
         self._dir = tempfile.TemporaryDirectory(prefix="caffecompat-train-")
         folder = Path(self._dir.name)
         try:
-            artifacts.generate_artifacts(exported.model, requires_grad=self.trainable, frozen_params=frozen,
-                                         loss=None, artifact_directory=folder, ort_format=False)
+            with native_stderr_quiet():
+                artifacts.generate_artifacts(exported.model, requires_grad=self.trainable, frozen_params=frozen,
+                                             loss=None, artifact_directory=folder, ort_format=False)
         except Exception as e:  # ORT raises plain RuntimeErrors for graphs it cannot differentiate
             raise CaffeCompatError(f"net '{spec.name}': ONNX Runtime cannot build its training graph: {e}") from None
-        # generate_artifacts turns ORT's default logger back to INFO: quiet it again.
+        # Keep ORT's default logger at warnings: session creation logs every graph transformer too.
         onnxruntime.set_default_logger_severity(3)
         self.state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
         self.module = api.Module(str(folder / "training_model.onnx"), self.state, None, device=device,
