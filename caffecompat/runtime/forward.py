@@ -8,7 +8,7 @@ import numpy as np
 
 from caffecompat.net.export import export
 from caffecompat.net.spec import NetSpec
-from caffecompat.runtime.providers import inference_session
+from caffecompat.runtime.providers import inference_session, ort_call
 
 
 class ForwardRunner:
@@ -31,4 +31,5 @@ class ForwardRunner:
         feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.spec.inputs}
         for p in self.params:
             feed[p] = params[p]
-        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        outs = ort_call(f"net '{self.spec.name}' forward", self.session.run, self.output_names, feed)
+        return dict(zip(self.output_names, outs))

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from caffecompat.errors import CaffeCompatError
+
+T = TypeVar("T")
+
+# The exception types ONNX Runtime raises from its C++ core (none derives from RuntimeError).
+ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(_ort_state, name) for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError",
+                                           "RuntimeException", "InvalidProtobuf", "ModelLoaded",
+                                           "NotImplemented", "InvalidGraph", "EPFail")
+    if hasattr(_ort_state, name)
+)
+
+
+def ort_call(what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call into ONNX Runtime; its failures become one-line CaffeCompatErrors saying what was running."""
+    try:
+        return fn(*args, **kwargs)
+    except ORT_ERRORS as e:
+        detail = " ".join(str(e).split())
+        if len(detail) > 400:
+            detail = detail[:400] + "..."
+        raise CaffeCompatError(f"{what}: ONNX Runtime failed: {detail}") from None
 
 
 def resolve(gpu: int | None, allow_cpu_fallback: bool = False) -> list:
@@ -39,4 +64,5 @@ def session_options() -> ort.SessionOptions:
 
 def inference_session(model_bytes: bytes, providers: list) -> ort.InferenceSession:
     """An inference session over a serialized ONNX model."""
-    return ort.InferenceSession(model_bytes, sess_options=session_options(), providers=providers)
+    return ort_call("creating an inference session", ort.InferenceSession, model_bytes,
+                    sess_options=session_options(), providers=providers)

@@ -20,7 +20,7 @@ from caffecompat.errors import CaffeCompatError
 from caffecompat.net.export import LOSS_OUTPUT, export
 from caffecompat.net.spec import NetSpec
 from caffecompat.runtime.ort_training import api, artifacts, native_stderr_quiet
-from caffecompat.runtime.providers import session_options
+from caffecompat.runtime.providers import ort_call, session_options
 
 
 class TrainingNet:
@@ -66,7 +66,7 @@ class TrainingNet:
     def forward_backward(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One forward and backward pass; gradients add to the accumulated ones. Returns outputs by name."""
         feed = [np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names]
-        outs = self.module(*feed)
+        outs = ort_call(f"net '{self.spec.name}' forward/backward", self.module, *feed)
         if not isinstance(outs, (list, tuple)):
             outs = [outs]
         return dict(zip(self.output_names, outs))
