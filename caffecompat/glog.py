@@ -37,8 +37,8 @@ def format_line(severity: str, where: str, message: str, now: float | None = Non
 
 def _emit(severity: str, where: str, message: str) -> None:
     stream = _stream if _stream is not None else sys.stderr
-    for line in str(message).splitlines() or [""]:
-        stream.write(format_line(severity, where, line) + "\n")
+    # glog writes a multi-line message once: continuation lines carry no prefix.
+    stream.write(format_line(severity, where, str(message).rstrip("\n")) + "\n")
     stream.flush()
 
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The shapes example: Caffe's whole workflow with caffecompat, on a small
+# generated data set, in about a minute on a laptop CPU.
+#
+#   examples/shapes/run.sh [WORK_DIR]        (default: examples/shapes/work)
+#
+# Run it from anywhere. Everything it makes goes to WORK_DIR, which it enters:
+# the model definitions of models/shapes/ are copied there, and the paths they
+# contain (train_lmdb, mean.binaryproto, snapshots/...) are relative to it, as
+# Caffe resolves paths against the working directory. Re-running replaces the
+# previous outputs. Set CAFFECOMPAT to use another caffecompat executable.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+MODELS="$REPO/models/shapes"
+WORK="${1:-$HERE/work}"
+CAFFECOMPAT="${CAFFECOMPAT:-caffecompat}"
+PYTHON="${PYTHON:-python3}"
+
+if ! command -v "$CAFFECOMPAT" >/dev/null 2>&1; then
+    echo "run.sh: '$CAFFECOMPAT' not found: activate the environment caffecompat is installed in" \
+         "(pip install -e .) or set CAFFECOMPAT=/path/to/caffecompat" >&2
+    exit 1
+fi
+
+step() { echo; echo "=== $*"; }
+START=$SECONDS
+
+mkdir -p "$WORK"
+cd "$WORK"
+# Only what this script makes is removed; anything else in WORK_DIR is left alone.
+rm -rf images train_lmdb val_lmdb snapshots finetune_snapshots
+rm -f mean.binaryproto shapes.onnx labels.txt train.log test.log finetune.log \
+      train_val.prototxt deploy.prototxt solver.prototxt finetune_train_val.prototxt finetune_solver.prototxt
+mkdir -p snapshots finetune_snapshots
+
+step "1. Generate the images (images/, images/train.txt, images/val.txt)"
+"$PYTHON" "$HERE/make_images.py" images --train 2400 --val 400 --seed 1
+cp images/labels.txt labels.txt
+
+step "2. Convert them to LMDB (convert_imageset)"
+"$CAFFECOMPAT" convert-lmdb -resize_height 32 -resize_width 32 -shuffle images/ images/train.txt train_lmdb
+"$CAFFECOMPAT" convert-lmdb -resize_height 32 -resize_width 32 images/ images/val.txt val_lmdb
+
+step "3. Compute the mean image (compute_image_mean)"
+"$CAFFECOMPAT" compute-mean train_lmdb mean.binaryproto
+
+step "4. Train (caffe train)"
+cp "$MODELS"/train_val.prototxt "$MODELS"/deploy.prototxt "$MODELS"/solver.prototxt \
+   "$MODELS"/finetune_train_val.prototxt "$MODELS"/finetune_solver.prototxt .
+"$CAFFECOMPAT" train -solver solver.prototxt 2>&1 | tee train.log
+WEIGHTS=snapshots/shapes_iter_600.caffemodel
+test -f "$WEIGHTS" || { echo "run.sh: training wrote no $WEIGHTS" >&2; exit 1; }
+
+step "5. Score the trained weights on the validation set (caffe test)"
+# 8 batches of 50 = the 400 validation images.
+"$CAFFECOMPAT" test -model train_val.prototxt -weights "$WEIGHTS" -iterations 8 2>&1 | tee test.log
+
+step "6. Fine-tune from those weights with a new last layer (caffe train -weights)"
+"$CAFFECOMPAT" train -solver finetune_solver.prototxt -weights "$WEIGHTS" 2>&1 | tee finetune.log
+
+step "7. Export the deploy net with the trained weights to ONNX"
+"$CAFFECOMPAT" convert deploy.prototxt "$WEIGHTS" shapes.onnx
+
+step "8. Classify the validation images with shapes.onnx and plain onnxruntime"
+"$PYTHON" "$HERE/classify.py" images/val.txt --root images/
+"$PYTHON" "$HERE/classify.py" "images/$(head -n 1 images/val.txt | cut -d ' ' -f 1)"
+
+step "Done in $((SECONDS - START)) s. Outputs in $WORK:"
+ls -d "$WORK"/snapshots/* "$WORK"/finetune_snapshots/* "$WORK"/shapes.onnx
+accuracy() { grep -h "$2" "$1" | tail -n 1 | sed 's/.*accuracy = //'; }
+echo "  validation accuracy after training:    $(accuracy train.log 'Test net output #0: accuracy')"
+echo "  validation accuracy, caffecompat test: $(accuracy test.log '] accuracy = ')"
+echo "  validation accuracy after fine-tuning: $(accuracy finetune.log 'Test net output #0: accuracy')"
