@@ -51,11 +51,36 @@ def make_history(solver_type: str, shapes: Sequence[Sequence[int]]) -> list[list
     return [[np.zeros(tuple(s), dtype=np.float32) for _ in range(n)] for s in shapes]
 
 
+class _Scratch:
+    """One reusable float32 buffer for elementwise temporaries.
+
+    Large nets (CaffeNet's fc6 has 38M weights) would otherwise allocate and
+    page-fault a fresh temporary per operation per iteration.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, dtype=np.float32)
+
+    def like(self, a: np.ndarray) -> np.ndarray:
+        """An uninitialized float32 array of a's shape (valid until the next call)."""
+        if self._buffer.size < a.size:
+            self._buffer = np.empty(a.size, dtype=np.float32)
+        return self._buffer[: a.size].reshape(a.shape)
+
+
+_scratch = _Scratch()
+
+
 def _axpby(a: np.float32, x: np.ndarray, b: np.float32, y: np.ndarray) -> None:
     """y = a * x + b * y in place (caffe_cpu_axpby)."""
-    ax = a * x
+    ax = np.multiply(x, a, out=_scratch.like(x))
     np.multiply(y, b, out=y)
     np.add(y, ax, out=y)
+
+
+def _square(x: np.ndarray) -> np.ndarray:
+    """x * x in the scratch buffer, valid until the next scratch use (_axpby may take it as its x)."""
+    return np.square(x, out=_scratch.like(x))
 
 
 def log_iteration_lr(solver: caffe_pb2.SolverParameter, iteration: int, rate: float) -> None:
@@ -103,10 +128,11 @@ def regularize(p: Param, weight_decay: float, regularization_type: str) -> None:
         return
     if regularization_type == "L2":
         # Regularize: L2 adds decay * w to the gradient.
-        p.grad += local_decay * p.data
+        p.grad += np.multiply(p.data, local_decay, out=_scratch.like(p.data))
     elif regularization_type == "L1":
         # Regularize: L1 adds decay * sign(w), with sign(0) = 0.
-        p.grad += local_decay * np.sign(p.data)
+        sign = np.sign(p.data, out=_scratch.like(p.data))
+        p.grad += np.multiply(sign, local_decay, out=sign)
     else:
         raise CaffeCompatError(f'unknown regularization type "{regularization_type}"; use "L2" or "L1"')
 
@@ -130,8 +156,8 @@ def nesterov_update(p: Param, local_rate: np.float32, momentum: np.float32) -> N
 def adagrad_update(p: Param, local_rate: np.float32, delta: np.float32) -> None:
     """AdaGradSolver: h += g^2; the update is lr * g / (sqrt(h) + delta)."""
     h = p.history[0]
-    h += np.square(p.grad)
-    denom = np.sqrt(h)
+    h += _square(p.grad)
+    denom = np.sqrt(h, out=_scratch.like(h))
     denom += delta
     np.divide(p.grad, denom, out=p.grad)
     np.multiply(p.grad, local_rate, out=p.grad)
@@ -140,8 +166,8 @@ def adagrad_update(p: Param, local_rate: np.float32, delta: np.float32) -> None:
 def rmsprop_update(p: Param, local_rate: np.float32, delta: np.float32, rms_decay: np.float32) -> None:
     """RMSPropSolver: h = (1 - rms_decay) * g^2 + rms_decay * h; the update is lr * g / (sqrt(h) + delta)."""
     h = p.history[0]
-    _axpby(F32(1) - rms_decay, np.square(p.grad), rms_decay, h)
-    denom = np.sqrt(h)
+    _axpby(F32(1) - rms_decay, _square(p.grad), rms_decay, h)
+    denom = np.sqrt(h, out=_scratch.like(h))
     denom += delta
     np.divide(p.grad, denom, out=p.grad)
     np.multiply(p.grad, local_rate, out=p.grad)
@@ -182,9 +208,9 @@ def adam_update(
     """AdamSolver: m, v moving averages of g, g^2; the update is (lr * correction) * m / (sqrt(v) + eps)."""
     m, v = p.history
     _axpby(F32(1) - beta1, p.grad, beta1, m)
-    _axpby(F32(1) - beta2, p.grad * p.grad, beta2, v)
+    _axpby(F32(1) - beta2, _square(p.grad), beta2, v)
     # Adam: epsilon is added to sqrt(v) (not inside it) and the correction folds into the rate.
-    denom = np.sqrt(v)
+    denom = np.sqrt(v, out=_scratch.like(v))
     denom += eps_hat
     np.divide(m, denom, out=p.grad)
     np.multiply(p.grad, local_rate * adam_correction(beta1, beta2, iteration), out=p.grad)
