@@ -257,3 +257,31 @@ def test_legacy_solver_type_enum_selects_the_rule():
     p = param([1.0], [2.0], solver_type="AdaGrad")
     apply_update(solver(solver_type=caffe_pb2.SolverParameter.ADAGRAD, delta=0.5), [p], 0.1, 0)
     close(p.data, [0.92])
+
+
+@pytest.mark.parametrize("solver_type", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+def test_sliced_parallel_update_equals_one_pass(monkeypatch, solver_type):
+    """Large blobs are updated in slices on several threads; the result is bit-identical."""
+    from caffecompat.solver import updates
+
+    rng = np.random.default_rng(3)
+    shape = (3, 700_001)  # > 2 slices of updates._SLICE elements
+    solver = caffe_pb2.SolverParameter(type=solver_type, weight_decay=0.01, momentum=0.9 if solver_type not in (
+        "AdaGrad", "RMSProp") else 0.0, delta=1e-6, rms_decay=0.9, momentum2=0.999)
+
+    def run(slice_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        monkeypatch.setattr(updates, "_SLICE", slice_size)
+        data = rng_data.copy()
+        grad = rng_grad.copy()
+        history = [h.copy() for h in rng_hist]
+        updates.apply_update(solver, [Param("w", data, grad, 1.0, 1.0, history)], 0.01, 3)
+        return data, history
+
+    rng_data = rng.normal(size=shape).astype(np.float32)
+    rng_grad = rng.normal(size=shape).astype(np.float32)
+    rng_hist = [np.abs(rng.normal(size=shape)).astype(np.float32) for _ in range(updates.HISTORY_BLOBS[solver_type])]
+    whole_data, whole_hist = run(1 << 40)
+    sliced_data, sliced_hist = run(1 << 18)
+    assert np.array_equal(whole_data, sliced_data)
+    for a, b in zip(whole_hist, sliced_hist):
+        assert np.array_equal(a, b)

@@ -14,7 +14,10 @@ step in the same order, so results match Caffe's to float32 rounding.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,8 +54,8 @@ def make_history(solver_type: str, shapes: Sequence[Sequence[int]]) -> list[list
     return [[np.zeros(tuple(s), dtype=np.float32) for _ in range(n)] for s in shapes]
 
 
-class _Scratch:
-    """One reusable float32 buffer for elementwise temporaries.
+class _Scratch(threading.local):
+    """One reusable float32 buffer per thread for elementwise temporaries.
 
     Large nets (CaffeNet's fc6 has 38M weights) would otherwise allocate and
     page-fault a fresh temporary per operation per iteration.
@@ -62,7 +65,7 @@ class _Scratch:
         self._buffer = np.empty(0, dtype=np.float32)
 
     def like(self, a: np.ndarray) -> np.ndarray:
-        """An uninitialized float32 array of a's shape (valid until the next call)."""
+        """An uninitialized float32 array of a's shape (valid until this thread's next call)."""
         if self._buffer.size < a.size:
             self._buffer = np.empty(a.size, dtype=np.float32)
         return self._buffer[: a.size].reshape(a.shape)
@@ -251,10 +254,44 @@ def apply_update(
             )
     log_iteration_lr(solver, iteration, rate)
     clip_gradients(params, solver.clip_gradients)
-    for p in params:
+
+    def update(p: Param) -> None:
         normalize(p, solver.iter_size)
         regularize(p, solver.weight_decay, solver.regularization_type)
         compute_update_value(solver, solver_type, p, rate, iteration)
-    # Net::Update: every learnable blob steps by data -= diff (frozen ones by zero).
-    for p in params:
+        # Net::Update: every learnable blob steps by data -= diff (frozen ones by zero).
         np.subtract(p.data, p.grad, out=p.data)
+
+    # Everything after clipping is elementwise per parameter, so large blobs are
+    # updated in slices on all cores with results identical to one pass.
+    pieces = [piece for p in params for piece in _slices(p)]
+    if len(pieces) > len(params):
+        list(_pool().map(update, pieces))
+    else:
+        for p in pieces:
+            update(p)
+
+
+_SLICE = 1 << 20  # elements per slice: below this, threads cost more than they save
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="caffecompat-update")
+    return _POOL
+
+
+def _slices(p: Param) -> list[Param]:
+    """`p` cut into contiguous slices of about _SLICE elements (views of the same buffers)."""
+    n = p.data.size
+    count = min(n // _SLICE, (os.cpu_count() or 1) * 2)
+    if count <= 1:
+        return [p]
+    bounds = np.linspace(0, n, count + 1).astype(int)
+    flat = [p.data.reshape(-1), p.grad.reshape(-1), *(h.reshape(-1) for h in p.history)]
+    if any(not np.may_share_memory(f, a) for f, a in zip(flat, [p.data, p.grad, *p.history])):
+        return [p]  # not contiguous: reshape copied, so slices would not write back
+    return [Param(p.name, flat[0][a:b], flat[1][a:b], p.lr_mult, p.decay_mult, [h[a:b] for h in flat[2:]])
+            for a, b in zip(bounds[:-1], bounds[1:])]
