@@ -36,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"caffecompat.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"caffecompat.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"caffecompat.commands.{name}").register(sub)
     return parser
 
 

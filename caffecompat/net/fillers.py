@@ -72,7 +72,8 @@ def fill(filler: caffe_pb2.FillerParameter, shape: tuple[int, ...], rng: np.rand
     if kind == "positive_unitball":
         _no_sparse(filler, where)
         # PositiveUnitballFiller: uniform [0, 1], each of the shape[0] rows scaled to sum to 1.
-        data = rng.uniform(0.0, 1.0, size=(shape[0], -1 if len(shape) else 1)).astype(np.float32)
+        rows = shape[0] if shape else 1
+        data = rng.uniform(0.0, 1.0, size=(rows, int(np.prod(shape)) // rows)).astype(np.float32)
         data /= data.sum(axis=1, keepdims=True)
         return data.reshape(shape)
     if kind == "xavier":
