@@ -11,8 +11,9 @@ JPEG records, crop 227, mirror, batch 32) trained on the CPU:
 2. the bare ORT training Module on the same graph, fed one fixed batch, no
    update: the floor the loop cannot beat.
 
-Prints iterations/s of both, the loop's overhead (target <= 10%) and the
-process's peak RSS. Everything is generated in a temporary folder.
+Prints iterations/s of both, the loop's overhead (target <= 10%), the share
+of the loop spent waiting for data, the data pipeline's own rate against the
+rate training consumes batches, and the process's peak RSS. Everything is generated in a temporary folder.
 """
 
 from __future__ import annotations
@@ -77,6 +78,22 @@ def solver_param(folder: Path, batch: int, iterations: int) -> caffe_pb2.SolverP
     return param
 
 
+def pipeline_rate(solver: Solver, batches: int) -> float:
+    """Batches/s of a fresh Data layer source for the training net, drained as fast as possible."""
+    from caffecompat.data import make_source
+
+    layer = next(n.param for n in solver.spec.layers if n.type == "Data")
+    source = make_source(layer, caffe_pb2.TRAIN, np.random.default_rng(1))
+    try:
+        source.next_batch()
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            source.next_batch()
+        return batches / (time.perf_counter() - t0)
+    finally:
+        source.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=3, help="iterations per timed block")
@@ -100,6 +117,18 @@ def main() -> int:
             inputs = solver.train.next_inputs()
             solver.net.forward_backward(inputs)
 
+            # Time the loop's waits for data (steady state: they should be ~0).
+            waited = [0.0]
+            feed = solver.train.next_inputs
+
+            def timed_feed():
+                t = time.perf_counter()
+                batch = feed()
+                waited[0] += time.perf_counter() - t
+                return batch
+
+            solver.train.next_inputs = timed_feed
+            loop_total = 0.0
             # Alternate the two, best of --rounds each: the machine is shared and noisy.
             bare = loop = float("inf")
             for _ in range(args.rounds):
@@ -111,7 +140,9 @@ def main() -> int:
                 solver.param.max_iter = solver.iter + args.iterations
                 t0 = time.perf_counter()
                 solver.step(args.iterations)
+                loop_total += time.perf_counter() - t0
                 loop = min(loop, (time.perf_counter() - t0) / args.iterations)
+            pipeline = pipeline_rate(solver, batches=8)
             solver.close()
         glog.set_stream(None)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -120,6 +151,8 @@ def main() -> int:
     print(f"  bare ORT forward+backward: {1 / bare:.3f} it/s ({bare * 1000:.0f} ms/it)")
     print(f"  caffecompat train loop:    {1 / loop:.3f} it/s ({loop * 1000:.0f} ms/it)")
     print(f"  loop / bare time ratio:    {loop / bare:.3f}  (overhead {overhead * 100:+.1f}%, target <= +10%)")
+    print(f"  waiting for data:          {waited[0] / loop_total * 100:.1f}% of the loop's time")
+    print(f"  data pipeline alone:       {pipeline:.2f} batches/s = {pipeline * loop:.1f}x what training consumes")
     print(f"  peak RSS:                  {peak_mb:.0f} MB")
     return 0
 
