@@ -59,7 +59,8 @@ _DATA_FIELD = 5
 _DIFF_FIELD = 6
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -76,7 +77,7 @@ def _packed_floats(field: int, a: np.ndarray) -> bytes:
     if a.size == 0:
         return b""
     raw = a.astype("<f4", copy=False).tobytes()
-    return _varint(field << 3 | 2) + _varint(len(raw)) + raw
+    return encode_varint(field << 3 | 2) + encode_varint(len(raw)) + raw
 
 
 def read_binaryproto(path: str | os.PathLike) -> np.ndarray:

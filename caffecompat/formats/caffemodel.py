@@ -28,7 +28,7 @@ import numpy as np
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import protofile, upgrade
-from caffecompat.formats.blob import blob_to_array
+from caffecompat.formats.blob import blob_to_array, encode_varint
 from caffecompat.proto import caffe_pb2
 
 WHAT = "caffemodel"
@@ -171,20 +171,8 @@ class _Reader:
         return self.read(stop - start)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
+    return encode_varint(number << 3 | _LEN) + encode_varint(len(payload)) + payload
 
 
 def _array_from_chunks(chunks: list[np.ndarray], dtype: str) -> np.ndarray:
@@ -369,10 +357,10 @@ def _blob_chunks(number: int, array: np.ndarray, diff: np.ndarray | None) -> Ite
             continue
         v = np.ascontiguousarray(values, dtype="<f4")
         if v.size:
-            parts.append(_varint(field_number << 3 | _LEN) + _varint(v.nbytes))
+            parts.append(encode_varint(field_number << 3 | _LEN) + encode_varint(v.nbytes))
             parts.append(memoryview(v).cast("B"))
     body_len = sum(len(x) for x in parts)
-    yield _varint(number << 3 | _LEN) + _varint(body_len)
+    yield encode_varint(number << 3 | _LEN) + encode_varint(body_len)
     yield from parts
 
 
@@ -427,7 +415,7 @@ def write_weights(
                 body: list[bytes | memoryview] = [head]
                 for i, a in enumerate(blobs[lay.name]):
                     body.extend(_blob_chunks(blobs_field, a, None if layer_diffs is None else layer_diffs[i]))
-                yield _varint(number << 3 | _LEN) + _varint(sum(len(x) for x in body))
+                yield encode_varint(number << 3 | _LEN) + encode_varint(sum(len(x) for x in body))
                 yield from body
 
     protofile.write_atomic(path, chunks())
