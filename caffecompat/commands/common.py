@@ -35,9 +35,10 @@ def gpu_id(value: str) -> int | None:
         raise NotSupportedError(f"-gpu {value}: expected a device id such as 0") from None
 
 
-def providers_and_device(gpu: int | None, allow_cpu_fallback: bool) -> tuple[list, str]:
+def providers_and_device(gpu: int | None, allow_cpu_fallback: bool,
+                         asked_by: str | None = None) -> tuple[list, str]:
     """ORT providers for inference sessions and the device string for training Modules."""
-    providers = resolve(gpu, allow_cpu_fallback)
+    providers = resolve(gpu, allow_cpu_fallback, asked_by)
     uses_cuda = any((p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in providers)
     return providers, (f"cuda:{gpu}" if uses_cuda else "cpu")
 

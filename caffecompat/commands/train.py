@@ -41,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
         raise CaffeCompatError("give -snapshot to resume training or -weights to fine-tune, not both")
     param = read_solver_prototxt(args.solver)
     gpu = gpu_id(args.gpu)
+    asked_by = None
     # caffe train: solver_mode GPU in the file (with its device_id) stands in for a missing -gpu flag.
     if gpu is None and param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         gpu = param.device_id
-    providers, device = providers_and_device(gpu, args.allow_cpu_fallback)
+        asked_by = f"{args.solver}: solver_mode: GPU (device_id {gpu})"
+    providers, device = providers_and_device(gpu, args.allow_cpu_fallback, asked_by)
     glog.info("caffe.cpp:197", "Use CPU." if device == "cpu" else f"Use GPU with device ID {gpu}")
     if args.iterations is not None:
         if args.iterations < 0:

@@ -32,7 +32,7 @@ def ort_call(what: str, fn: Callable[..., T], *args, **kwargs) -> T:
         raise CaffeCompatError(f"{what}: ONNX Runtime failed: {detail}") from None
 
 
-def resolve(gpu: int | None, allow_cpu_fallback: bool = False) -> list:
+def resolve(gpu: int | None, allow_cpu_fallback: bool = False, asked_by: str | None = None) -> list:
     """The provider list for ORT sessions: CUDA on device `gpu`, or CPU.
 
     Asking for a GPU on a runtime without the CUDA provider is an error unless
@@ -44,9 +44,11 @@ def resolve(gpu: int | None, allow_cpu_fallback: bool = False) -> list:
         raise CaffeCompatError(f"-gpu {gpu}: device ids start at 0")
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
-    message = (f"-gpu {gpu} asks for CUDA, but this onnxruntime ({ort.__version__}) has no CUDA execution "
-               "provider: install the CUDA training build (pip uninstall onnxruntime-training-cpu && "
-               "pip install onnxruntime-training==1.19.2), or drop -gpu to run on the CPU")
+    who = asked_by or f"-gpu {gpu}"
+    message = (f"{who} asks for CUDA, but this onnxruntime ({ort.__version__}) has no CUDA execution provider"
+               ": install the CUDA training build (pip uninstall onnxruntime-training-cpu && "
+               "pip install onnxruntime-training==1.19.2), or run on the CPU (drop -gpu, set solver_mode: CPU, "
+               "or pass -allow_cpu_fallback)")
     if not allow_cpu_fallback:
         raise CaffeCompatError(message)
     from caffecompat import glog
