@@ -205,7 +205,7 @@ def test_missing_layer_weights_warns(tmp_path, capsys):
 
 
 def test_opsets(tmp_path, capsys):
-    for opset in (9, 13, 21):
+    for opset in (7, 9, 13, 21):
         out = tmp_path / f"o{opset}.onnx"
         assert cli.main(["convert", str(_small(tmp_path)), "-", str(out), "-opset", str(opset)]) == 0, \
             capsys.readouterr().err

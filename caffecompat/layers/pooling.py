@@ -77,8 +77,10 @@ class Pooling(Layer):
         end = [max(e, 0) for e in end]
         pads = [pd[0], pd[1], end[0], end[1]]
         if p.pool == 0:
-            # MaxPool pads with -inf, so padded cells never win, as in Caffe.
-            g.op("MaxPool", [x], [top, g.tmp("indices")], kernel_shape=k, strides=st, pads=pads)
+            # MaxPool pads with -inf, so padded cells never win, as in Caffe. ORT's gradient for
+            # MaxPool needs its Indices output (opset >= 8), so training graphs ask for it.
+            outputs = [top, g.tmp("indices")] if g.training else [top]
+            g.op("MaxPool", [x], outputs, kernel_shape=k, strides=st, pads=pads)
             return
         divisor = self._ave_divisor(k, st, pd, size, out)
         if np.all(divisor == k[0] * k[1]):
