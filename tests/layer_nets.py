@@ -1,4 +1,13 @@
-"""Test helpers for layer tests: tiny nets from prototxt text, run by ORT, OpenCV, and ORT training."""
+"""Test helpers for layer tests: tiny nets from prototxt text, run by ORT, OpenCV, and ORT training.
+
+Nets get one Input layer per named input (`make_net`); `make_data_net` is the
+single-input shorthand (one input `data`, filler-initialized parameters).
+Two forwards: `run` exports with the parameters as initializers and returns
+ONNX outputs by value name; `forward` uses the runtime's ForwardRunner and
+returns values by Caffe blob name. Two gradient checks against central
+differences: `check_gradients` (the named parameters) and
+`check_all_gradients` (every input and every parameter).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,8 @@ from caffecompat.net.export import export
 from caffecompat.net.spec import NetSpec, build
 from caffecompat.net.weights import init_params
 from caffecompat.proto import caffe_pb2
+from caffecompat.runtime.forward import ForwardRunner
+from caffecompat.runtime.providers import inference_session
 from tests.gradients import numeric_gradient, ort_gradients
 
 
@@ -33,6 +44,13 @@ def make_net(layers: str, inputs: dict[str, tuple[int, ...]], phase: int = caffe
     return build(parse_text(net_text(layers, inputs), caffe_pb2.NetParameter, "test.prototxt", "net"), phase)
 
 
+def make_data_net(layers: str, shape: tuple[int, ...], seed: int = 0) -> tuple[NetSpec, dict[str, np.ndarray]]:
+    """The TEST-phase NetSpec of `layers` after one input `data` of `shape`, and its filler-initialized
+    parameters."""
+    spec = make_net(layers, {"data": shape})
+    return spec, init_params(spec, np.random.default_rng(seed))
+
+
 def random_params(spec: NetSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Every parameter blob, filled with random values in [0.5, 1.5) (positive: safe for scales/variances)."""
     rng = np.random.default_rng(seed)
@@ -40,14 +58,37 @@ def random_params(spec: NetSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return {k: rng.uniform(0.5, 1.5, size=v.shape).astype(np.float32) for k, v in values.items()}
 
 
-def run(spec: NetSpec, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], outputs: list[str],
-        training: bool = False) -> dict[str, np.ndarray]:
-    """One forward in an ORT inference session; returns every graph output by name."""
-    model = export(spec, params=params, outputs=outputs, training=training).model
+def run(spec: NetSpec, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], outputs: list[str] | None,
+        training: bool = False, loss_output: bool = False) -> dict[str, np.ndarray]:
+    """One forward in an ORT inference session; returns every graph output by name.
+
+    outputs: value names (None: the net's outputs); loss_output: also output the summed loss.
+    """
+    model = export(spec, params=params, outputs=outputs, training=training, loss_output=loss_output).model
     onnx.checker.check_model(model)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})))
+
+
+def run_layers(layers: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """`run` on the TRAIN net of `layers` with inputs shaped like `feeds` and no parameters: every net
+    output (or `outputs`), plus the summed loss when the net has one."""
+    spec = make_net(layers, {k: v.shape for k, v in feeds.items()}, caffe_pb2.TRAIN)
+    return run(spec, {}, feeds, outputs, loss_output=bool(spec.loss_tops()))
+
+
+def forward(spec: NetSpec, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+            blobs: list[str]) -> dict[str, np.ndarray]:
+    """The runtime's forward pass (ForwardRunner, parameters fed as inputs): {Caffe blob name: value}."""
+    values = [spec.blob_values[b] for b in blobs]
+    out = ForwardRunner(spec, outputs=values).run(feeds, params)
+    return {b: out[v] for b, v in zip(blobs, values)}
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours - ref| / max(1, max |ref|), the golden tests' measure."""
+    return float(np.abs(ours - ref).max() / max(1.0, float(np.abs(ref).max())))
 
 
 def opencv_forward(tmp_path: Path, layers: str, inputs: dict[str, tuple[int, ...]],
@@ -113,3 +154,45 @@ def check_gradients(spec: NetSpec, params: dict[str, np.ndarray], feeds: dict[st
         ours = grads[name].reshape(-1)[idx]
         scale = max(1.0, float(np.abs(numeric).max()))
         assert np.abs(ours - numeric).max() / scale < rtol, (name, ours, numeric)
+
+
+def check_all_gradients(spec: NetSpec, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], top: str,
+                        eps: float = 1e-2, samples: int = 10, tol: float = 2e-2) -> dict[str, np.ndarray]:
+    """ORT training gradients of loss = sum(top * R) w.r.t. every net input and every parameter, checked
+    against central differences of the forward graph. Returns ORT's gradients (`top` is a blob name)."""
+    exported = export(spec, params=params, outputs=[spec.blob_values[top]], training=True)
+    model = exported.model
+    graph = model.graph
+    value = spec.blob_values[top]
+    weight = np.random.default_rng(1).normal(size=spec.shapes[value]).astype(np.float32)
+    # The inputs become parameters, so ORT computes their gradients too.
+    del graph.input[:]
+    for name in spec.inputs:
+        graph.initializer.append(numpy_helper.from_array(feeds[name].astype(np.float32), name))
+    # The loss weights stay a graph input (ORT's Module returns numpy only when fed numpy).
+    graph.input.append(helper.make_tensor_value_info("test/loss_weight", onnx.TensorProto.FLOAT, weight.shape))
+    graph.node.append(helper.make_node("Mul", [value, "test/loss_weight"], ["test/weighted"]))
+    graph.node.append(helper.make_node("ReduceSum", ["test/weighted"], ["test/loss"], keepdims=0))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("test/loss", onnx.TensorProto.FLOAT, []))
+    trainable = [*spec.inputs, *exported.params]
+    _, grads = ort_gradients(model, [weight], trainable)
+
+    def loss_fn(values: dict[str, np.ndarray]) -> float:
+        # Rebuild the initializers being varied and run the forward graph.
+        g = onnx.ModelProto()
+        g.CopyFrom(model)
+        for init in g.graph.initializer:
+            if init.name in values:
+                init.CopyFrom(numpy_helper.from_array(values[init.name].astype(np.float32), init.name))
+        s = inference_session(g.SerializeToString(), ["CPUExecutionProvider"])
+        return float(s.run(["test/loss"], {"test/loss_weight": weight})[0])
+
+    values = {**{n: feeds[n].astype(np.float64) for n in spec.inputs},
+              **{p: np.asarray(params[p], np.float64) for p in exported.params}}
+    for name in trainable:
+        idx, numeric = numeric_gradient(loss_fn, values, name, eps=eps, samples=samples)
+        ours = grads[name].reshape(-1)[idx]
+        scale = max(1.0, float(np.abs(numeric).max()))
+        assert np.abs(ours - numeric).max() <= tol * scale, (name, ours, numeric)
+    return grads

@@ -13,7 +13,7 @@ from caffecompat.net.export import export
 from caffecompat.net.spec import build
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.ort_training import api, artifacts
-from tests.test_layers_losses import forward, make_net
+from tests.layer_nets import make_net, run_layers
 
 
 def accuracy_ref(x, labels, axis, top_k, ignore):
@@ -40,7 +40,7 @@ def run(x, labels, param, tops=("acc",)):
     top_text = " ".join(f'top: "{t}"' for t in tops)
     layers = (f'layer {{ name: "acc" type: "Accuracy" bottom: "x" bottom: "label" {top_text} '
               f'accuracy_param {{ {param} }} }}')
-    return forward(layers, {"x": x, "label": labels})
+    return run_layers(layers, {"x": x, "label": labels})
 
 
 def test_ties_count_against_the_label():
@@ -77,7 +77,7 @@ def test_last_axis_and_all_ignored():
 def test_top_k_larger_than_classes_is_an_error():
     layers = 'layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" accuracy_param { top_k: 4 } }'
     with pytest.raises(Exception, match="acc"):
-        make_net(layers, {"x": (2, 3), "label": (2,)})
+        make_net(layers, {"x": (2, 3), "label": (2,)}, caffe_pb2.TRAIN)
 
 
 def test_accuracy_beside_softmax_with_loss_builds_training_artifacts():
@@ -114,10 +114,10 @@ def test_losses_and_accuracy_export_at_other_opsets(opset):
     layers = ('layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" }\n'
               'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" }\n'
               'layer { name: "sig" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "x" top: "sig" }')
-    spec = make_net(layers, {"x": x.shape, "label": labels.shape})
+    spec = make_net(layers, {"x": x.shape, "label": labels.shape}, caffe_pb2.TRAIN)
     model = export(spec, params={}, loss_output=True, opset=opset).model
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x, "label": labels})))
-    base = forward(layers, {"x": x, "label": labels})
+    base = run_layers(layers, {"x": x, "label": labels})
     for name in ("acc", "loss", "sig"):
         assert np.isclose(float(ref[name]), float(base[name]), rtol=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffecompat.errors import CaffeCompatError
-from tests.layer_helpers import build, forward, gradient_check, opencv_forward, relative_error
+from tests.layer_nets import check_all_gradients, forward, layer_blobs, make_data_net, opencv_forward, relative_error
 
 SHAPE = (2, 3, 4, 5)
 
@@ -40,9 +40,10 @@ OPENCV_BLOBS = ["prelu", "prelu_shared", "elu", "sigmoid", "tanh", "absval", "po
 
 def test_forward_matches_opencv(tmp_path):
     x = _x()
-    spec, params = build(OPENCV_NET, SHAPE)
-    ours = forward(spec, params, x, OPENCV_BLOBS)
-    theirs = opencv_forward(tmp_path, spec, params, OPENCV_NET, x, OPENCV_BLOBS)
+    spec, params = make_data_net(OPENCV_NET, SHAPE)
+    ours = forward(spec, params, {"data": x}, OPENCV_BLOBS)
+    theirs = dict(zip(OPENCV_BLOBS, opencv_forward(tmp_path, OPENCV_NET, {"data": SHAPE}, layer_blobs(spec, params),
+                                                   {"data": x}, OPENCV_BLOBS)))
     for blob in OPENCV_BLOBS:
         assert relative_error(ours[blob], theirs[blob]) < 1e-4, blob
 
@@ -63,10 +64,10 @@ def test_forward_matches_caffe_formulas():
     ])
     x = _x()
     x[0, 0, 0, :3] = [80.0, -80.0, 0.3]  # BNLL must not overflow; Threshold is strict (0.3 -> 0)
-    spec, params = build(net, SHAPE)
+    spec, params = make_data_net(net, SHAPE)
     blobs = ["prelu", "prelu_shared", "bnll", "power", "power_const", "power_zero", "exp_e", "log10",
              "threshold", "swish", "clip"]
-    ours = forward(spec, params, x, blobs)
+    ours = forward(spec, params, {"data": x}, blobs)
     d = x.astype(np.float64)
     # PReLU's default filler: every slope 0.25; a shared slope is a 0-axis blob.
     assert params["prelu#0"].shape == (3,) and params["prelu_shared#0"].shape == ()
@@ -104,8 +105,8 @@ def test_forward_matches_caffe_formulas():
 ], ids=["prelu", "prelu_shared", "elu", "bnll", "power", "exp", "log", "sigmoid_tanh", "swish", "clip", "absval"])
 def test_gradients(layer):
     x = _x(shape=(2, 3, 4))
-    spec, params = build(layer, x.shape)
-    grads = gradient_check(spec, params, x, "top")
+    spec, params = make_data_net(layer, x.shape)
+    grads = check_all_gradients(spec, params, {"data": x}, "top")
     if "PReLU" in layer:
         assert np.abs(grads[spec.layer("top").param_names[0]]).max() > 0  # the slope learns
 
@@ -117,15 +118,15 @@ layer { name: "t" type: "Threshold" bottom: "data" top: "t" threshold_param { th
 layer { name: "top" type: "Eltwise" bottom: "p" bottom: "t" top: "top" eltwise_param { operation: PROD } }"""
     x = _x(shape=(2, 3))
     x[np.abs(x - 0.5) < 0.05] = 1.0
-    spec, params = build(net, x.shape)
-    grads = gradient_check(spec, params, x, "top")
+    spec, params = make_data_net(net, x.shape)
+    grads = check_all_gradients(spec, params, {"data": x}, "top")
     # The slope only reaches the loss where x < 0, and there the threshold's 0 masks it.
     assert np.all(grads["p#0"] == 0)
 
 
 def test_errors_name_the_layer():
     with pytest.raises(CaffeCompatError, match="'p'.*at least 2 axes"):
-        build(_layer("p", "PReLU"), (5,))
+        make_data_net(_layer("p", "PReLU"), (5,))
     with pytest.raises(CaffeCompatError, match="'e'.*base"):
-        spec, params = build(_layer("e", "Exp", "exp_param { base: -2 }"), (2, 3))
-        forward(spec, params, np.zeros((2, 3), np.float32), ["e"])
+        spec, params = make_data_net(_layer("e", "Exp", "exp_param { base: -2 }"), (2, 3))
+        forward(spec, params, {"data": np.zeros((2, 3), np.float32)}, ["e"])

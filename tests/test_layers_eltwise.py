@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffecompat.errors import CaffeCompatError
-from tests.layer_helpers import build, forward, gradient_check, opencv_forward, relative_error
+from tests.layer_nets import check_all_gradients, forward, layer_blobs, make_data_net, opencv_forward, relative_error
 
 SHAPE = (2, 6, 3, 3)
 NET = """
@@ -25,13 +25,14 @@ def _x(shape=SHAPE):
 
 
 def test_forward_against_numpy_and_opencv(tmp_path):
-    spec, params = build(NET, SHAPE)
+    spec, params = make_data_net(NET, SHAPE)
     x = _x()
-    ours = forward(spec, params, x, BLOBS)
+    ours = forward(spec, params, {"data": x}, BLOBS)
     a, b, c = x[:, :2], x[:, 2:4], x[:, 4:]
     want = {"sum": 0.5 * a - 2 * b + c, "prod": a * b * c, "max": np.maximum(np.maximum(a, b), c)}
     want["plain"] = want["sum"] + want["max"]
-    theirs = opencv_forward(tmp_path, spec, params, NET, x, BLOBS)
+    theirs = dict(zip(BLOBS, opencv_forward(tmp_path, NET, {"data": SHAPE}, layer_blobs(spec, params), {"data": x},
+                                            BLOBS)))
     for blob in BLOBS:
         assert relative_error(ours[blob], want[blob]) < 1e-6, blob
         assert relative_error(ours[blob], theirs[blob]) < 1e-4, blob
@@ -42,8 +43,8 @@ def test_gradients(op):
     net = NET.split("layer { name: \"sum\"")[0] + (
         f'layer {{ name: "top" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "top" '
         f'eltwise_param {{ operation: {op} }} }}')
-    spec, params = build(net, (2, 3, 2, 2))
-    gradient_check(spec, params, _x((2, 3, 2, 2)), "top")
+    spec, params = make_data_net(net, (2, 3, 2, 2))
+    check_all_gradients(spec, params, {"data": _x((2, 3, 2, 2))}, "top")
 
 
 @pytest.mark.parametrize("param, message", [
@@ -53,11 +54,11 @@ def test_gradients(op):
 def test_errors_name_the_layer(param, message):
     net = f'layer {{ name: "e" type: "Eltwise" bottom: "data" bottom: "data" top: "e" eltwise_param {{ {param} }} }}'
     with pytest.raises(CaffeCompatError, match=f"'e'.*{message}"):
-        build(net, (2, 3))
+        make_data_net(net, (2, 3))
 
 
 def test_shapes_must_match():
     net = ('layer { name: "ab" type: "Slice" bottom: "data" top: "a" top: "b" slice_param { slice_point: 1 } }\n'
            'layer { name: "e" type: "Eltwise" bottom: "a" bottom: "b" top: "e" }')
     with pytest.raises(CaffeCompatError, match="same shape"):
-        build(net, (2, 3))
+        make_data_net(net, (2, 3))

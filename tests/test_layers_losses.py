@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -14,34 +13,14 @@ from caffecompat.net.export import LOSS_OUTPUT, export
 from caffecompat.net.spec import build
 from caffecompat.proto import caffe_pb2
 from tests.gradients import numeric_gradient, ort_gradients
+from tests.layer_nets import make_net, run_layers
 
 FLT_MIN = np.finfo(np.float32).tiny
 
 
-def make_net(layers: str, inputs: dict[str, tuple[int, ...]], phase: int = caffe_pb2.TRAIN):
-    """A NetSpec of Input layers for `inputs` followed by `layers` (prototxt text)."""
-    text = "".join(
-        f'layer {{ name: "in_{n}" type: "Input" top: "{n}" input_param {{ shape {{ '
-        + " ".join(f"dim: {d}" for d in s) + " } } }\n"
-        for n, s in inputs.items()
-    )
-    net = parse_text(text + layers, caffe_pb2.NetParameter, "test.prototxt", "net")
-    return build(net, phase)
-
-
-def forward(layers: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Run the net once in an inference session; returns every net output (and the summed loss)."""
-    spec = make_net(layers, {k: v.shape for k, v in feeds.items()})
-    model = export(spec, params={}, loss_output=bool(spec.loss_tops()), outputs=outputs).model
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    values = sess.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})
-    return dict(zip(names, values))
-
-
 def loss_and_grads(layers: str, feeds: dict[str, np.ndarray], trainable: list[str]) -> tuple[float, dict]:
     """Loss and ORT's gradient w.r.t. the named input blobs, made learnable parameters holding their feeds."""
-    spec = make_net(layers, {k: v.shape for k, v in feeds.items()})
+    spec = make_net(layers, {k: v.shape for k, v in feeds.items()}, caffe_pb2.TRAIN)
     model = export(spec, params={}, loss_output=True, outputs=[]).model
     graph = model.graph
     keep = [i for i in graph.input if i.name not in trainable]
@@ -103,7 +82,7 @@ def test_softmax_with_loss_modes_and_ignore(mode):
     layers = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" '
               f'loss_param {{ ignore_label: 255 {lp} }} }}')
     ref_loss, ref_diff, ref_prob = softmax_ref(x, labels, 1, 255, ref_mode)
-    out = forward(layers, {"x": x, "label": labels})
+    out = run_layers(layers, {"x": x, "label": labels})
     close(out["loss"], ref_loss)
     close(out[LOSS_OUTPUT], ref_loss)
     close(out["prob"], ref_prob)
@@ -136,7 +115,7 @@ def test_softmax_with_loss_all_ignored_and_clamp():
     close(loss, ref_loss)
     close(grads["x"], ref_diff)
     # Every position ignored: the normalizer is max(1, 0) and the loss 0.
-    out = forward(layers, {"x": x, "label": np.array([7.0, 7.0], np.float32)})
+    out = run_layers(layers, {"x": x, "label": np.array([7.0, 7.0], np.float32)})
     assert float(out["loss"]) == 0.0
 
 
@@ -275,7 +254,7 @@ def test_infogain_loss_from_source_and_from_bottom(tmp_path):
     loss, grads = loss_and_grads(layers, {"x": x, "label": labels}, ["x"])
     close(loss, ref_loss)
     close(grads["x"], ref_diff)
-    close(forward(layers, {"x": x, "label": labels})["prob"], ref_prob)
+    close(run_layers(layers, {"x": x, "label": labels})["prob"], ref_prob)
     layers3 = ('layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H" top: "loss" '
                'loss_param { ignore_label: 1 } }')
     ref_loss, ref_diff, _ = infogain_ref(x, labels, h.astype(np.float64), ignore=1)
@@ -325,4 +304,4 @@ def test_contrastive_loss(legacy):
 def test_label_count_mismatch_names_the_layer():
     layers = 'layer { name: "myloss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" }'
     with pytest.raises(Exception, match="myloss"):
-        make_net(layers, {"x": (2, 3, 4), "label": (2, 3)})
+        make_net(layers, {"x": (2, 3, 4), "label": (2, 3)}, caffe_pb2.TRAIN)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffecompat.errors import CaffeCompatError
-from tests.layer_helpers import build, forward, gradient_check, relative_error
+from tests.layer_nets import check_all_gradients, forward, make_data_net, relative_error
 
 SHAPE = (2, 3, 2, 2)
 
@@ -18,9 +18,9 @@ def _caffe_topk(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _argmax(param: str, x: np.ndarray) -> np.ndarray:
-    spec, params = build(f'layer {{ name: "am" type: "ArgMax" bottom: "data" top: "am" argmax_param {{ {param} }} }}',
-                         x.shape)
-    return forward(spec, params, x, ["am"])["am"]
+    spec, params = make_data_net(
+        f'layer {{ name: "am" type: "ArgMax" bottom: "data" top: "am" argmax_param {{ {param} }} }}', x.shape)
+    return forward(spec, params, {"data": x}, ["am"])["am"]
 
 
 def test_argmax_without_axis_flattens_each_instance():
@@ -65,8 +65,8 @@ def test_reduction_forward_and_gradient(op, axis, coeff):
     x = np.where(np.abs(x) < 0.1, 0.5, x).astype(np.float32)  # ASUM: no entry near the kink of |x|
     net = (f'layer {{ name: "top" type: "Reduction" bottom: "data" top: "top" '
            f'reduction_param {{ operation: {op} axis: {axis} coeff: {coeff} }} }}')
-    spec, params = build(net, SHAPE)
-    ours = forward(spec, params, x, ["top"])["top"]
+    spec, params = make_data_net(net, SHAPE)
+    ours = forward(spec, params, {"data": x}, ["top"])["top"]
     a = axis % 4
     d = x.astype(np.float64).reshape(*SHAPE[:a], -1)
     base = {"SUM": d, "ASUM": np.abs(d), "SUMSQ": d * d, "MEAN": d / d.shape[-1]}[op]
@@ -74,9 +74,10 @@ def test_reduction_forward_and_gradient(op, axis, coeff):
     # Caffe keeps the axes before `axis` only: reducing from axis 0 gives a 0-axis blob.
     assert ours.shape == SHAPE[:a]
     assert relative_error(ours, want) < 1e-5
-    gradient_check(spec, params, x, "top")
+    check_all_gradients(spec, params, {"data": x}, "top")
 
 
 def test_reduction_axis_out_of_range():
     with pytest.raises(CaffeCompatError, match="reduction_param.axis 4"):
-        build('layer { name: "r" type: "Reduction" bottom: "data" top: "r" reduction_param { axis: 4 } }', SHAPE)
+        make_data_net('layer { name: "r" type: "Reduction" bottom: "data" top: "r" reduction_param { axis: 4 } }',
+                      SHAPE)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffecompat.errors import CaffeCompatError
-from tests.layer_helpers import build, forward, gradient_check, opencv_forward, relative_error
+from tests.layer_nets import check_all_gradients, forward, layer_blobs, make_data_net, opencv_forward, relative_error
 
 SHAPE = (2, 3, 6, 5)
 
@@ -26,13 +26,13 @@ def _x(shape=SHAPE, seed=0):
 
 
 def test_shapes_and_forward_against_numpy():
-    spec, params = build(NET, SHAPE)
+    spec, params = make_data_net(NET, SHAPE)
     shapes = {b: spec.shapes[spec.blob_values[b]] for b in ["a", "b", "c", "p", "q", "cr", "flat", "resh"]}
     assert shapes == {"a": (2, 1, 6, 5), "b": (2, 2, 6, 5), "c": (2, 3, 6, 5), "p": (2, 3, 6, 3),
                       "q": (2, 3, 6, 2), "cr": (2, 3, 6, 3), "flat": (2, 18, 3), "resh": (2, 6, 9)}
     assert spec.outputs == ["resh"]  # Silence consumed q
     x = _x()
-    out = forward(spec, params, x, ["a", "b", "c", "q", "cr", "resh"])
+    out = forward(spec, params, {"data": x}, ["a", "b", "c", "q", "cr", "resh"])
     c = np.concatenate([x[:, 1:], x[:, :1]], axis=1)
     np.testing.assert_array_equal(out["c"], c)
     np.testing.assert_array_equal(out["q"], c[..., 3:])
@@ -41,11 +41,12 @@ def test_shapes_and_forward_against_numpy():
 
 
 def test_forward_matches_opencv(tmp_path):
-    spec, params = build(NET, SHAPE)
+    spec, params = make_data_net(NET, SHAPE)
     x = _x()
     blobs = ["c", "cr", "flat", "resh"]
-    ours = forward(spec, params, x, blobs)
-    theirs = opencv_forward(tmp_path, spec, params, NET, x, blobs)
+    ours = forward(spec, params, {"data": x}, blobs)
+    theirs = dict(zip(blobs, opencv_forward(tmp_path, NET, {"data": SHAPE}, layer_blobs(spec, params), {"data": x},
+                                            blobs)))
     for b in blobs:
         assert ours[b].shape == theirs[b].shape and relative_error(ours[b], theirs[b]) < 1e-4, b
 
@@ -59,9 +60,9 @@ layer { name: "sl3" type: "Slice" bottom: "s1" top: "r0" top: "r1" slice_param {
 layer { name: "crop" type: "Crop" bottom: "data" bottom: "r0" top: "crop" crop_param { axis: 2 offset: 1 } }
 layer { name: "r2" type: "Reshape" bottom: "tile" top: "r2" reshape_param { axis: 1 num_axes: 2 shape { dim: -1 } } }
 """
-    spec, params = build(net, SHAPE)
+    spec, params = make_data_net(net, SHAPE)
     x = _x()
-    out = forward(spec, params, x, ["s0", "s2", "cat", "tile", "crop", "r2"])
+    out = forward(spec, params, {"data": x}, ["s0", "s2", "cat", "tile", "crop", "r2"])
     np.testing.assert_array_equal(out["s2"], x[:, :, 4:])
     np.testing.assert_array_equal(out["cat"], np.concatenate([x[:, :, 4:], x[:, :, :2]], axis=0))
     np.testing.assert_array_equal(out["tile"], np.tile(x[:, :, 2:4], (1, 3, 1, 1)))
@@ -77,8 +78,8 @@ layer { name: "t" type: "Tile" bottom: "a" top: "t" tile_param { axis: 2 tiles: 
 layer { name: "c" type: "Concat" bottom: "b" bottom: "t" top: "c" concat_param { axis: 2 } }
 layer { name: "top" type: "Crop" bottom: "c" bottom: "b" top: "top" crop_param { axis: 2 offset: 1 offset: 0 } }
 """
-    spec, params = build(net, (2, 2, 3, 3))
-    grads = gradient_check(spec, params, _x((2, 2, 3, 3)), "top")
+    spec, params = make_data_net(net, (2, 2, 3, 3))
+    grads = check_all_gradients(spec, params, {"data": _x((2, 2, 3, 3))}, "top")
     assert grads["data"].shape == (2, 2, 3, 3)
 
 
@@ -99,4 +100,4 @@ layer { name: "top" type: "Crop" bottom: "c" bottom: "b" top: "top" crop_param {
 ])
 def test_errors_name_the_layer(layer, message):
     with pytest.raises(CaffeCompatError, match=message):
-        build(layer, SHAPE)
+        make_data_net(layer, SHAPE)
