@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from caffecompat.errors import CaffeCompatError
+from caffecompat.formats.protofile import read_bytes
 
 _INT = re.compile(r"[+-]?[0-9]+")
 
@@ -17,15 +18,7 @@ def read_list(path: str, what: str = "image list") -> list[tuple[str, int, int]]
     space, or whose label is not an integer, raises a CaffeCompatError naming
     the file and line; so does an empty list.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise CaffeCompatError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise CaffeCompatError(f"{path}: is a directory, expected an {what} file") from None
-    except OSError as e:
-        raise CaffeCompatError(f"{path}: cannot read {what} file: {e.strerror}") from None
+    raw = read_bytes(path, what)
     # Paths are bytes to Caffe; surrogateescape keeps any non-UTF-8 byte round-tripping.
     text = raw.decode("utf-8", errors="surrogateescape")
     entries = []
