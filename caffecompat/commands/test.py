@@ -14,7 +14,7 @@ from caffecompat.net.state import make_state
 from caffecompat.net.weights import init_params, load_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import build_with_data
-from caffecompat.runtime.forward import ForwardRunner
+from caffecompat.runtime.forward import forward_loss, scoring_runner
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.loop import loss_weight_of
 
@@ -49,18 +49,14 @@ def run(args: argparse.Namespace) -> int:
         spec = feeder.spec
         params = init_params(spec, rng)
         load_caffemodel(spec, params, args.weights)
-        loss_tops = spec.loss_tops()
-        extra = [v for v, _ in loss_tops if v not in spec.outputs]
-        runner = ForwardRunner(spec, outputs=list(spec.outputs) + extra, providers=providers)
+        runner = scoring_runner(spec, providers)
         glog.info("caffe.cpp:281", f"Running for {args.iterations} iterations.")
         totals: list[F32] = []
         names: list[str] = []
         loss = F32(0)
         for i in range(args.iterations):
             out = runner.run(feeder.next_inputs(), params)
-            # Net::Forward's loss: every loss top times its weight.
-            for value, weight in loss_tops:
-                loss = F32(loss + F32(weight) * F32(np.sum(out[value], dtype=np.float32)))
+            loss = F32(loss + forward_loss(spec, out))
             idx = 0
             for name in spec.outputs:
                 for score in np.asarray(out[name], np.float32).reshape(-1):

@@ -16,7 +16,7 @@ from caffecompat.net.state import make_state
 from caffecompat.net.weights import init_params, load_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import build_with_data
-from caffecompat.runtime.forward import ForwardRunner
+from caffecompat.runtime.forward import forward_loss, scoring_runner
 from caffecompat.runtime.profile import layer_forward_times
 from caffecompat.runtime.training import TrainingNet
 from caffecompat.solver.fmt import caffe_float
@@ -57,12 +57,11 @@ def run(args: argparse.Namespace) -> int:
         if args.weights:
             load_caffemodel(spec, params, args.weights)
         inputs = feeder.next_inputs()
-        forward = ForwardRunner(spec, providers=providers)
+        forward = scoring_runner(spec, providers)
         trainer = TrainingNet(spec, params, device=device) if spec.loss_tops() else None
         glog.info("caffe.cpp:351", "Performing Forward")
         out = forward.run(inputs, params)
-        loss = sum(w * float(np.sum(out[v])) for v, w in spec.loss_tops() if v in out)
-        glog.info("caffe.cpp:356", f"Initial loss: {caffe_float(loss)}")
+        glog.info("caffe.cpp:356", f"Initial loss: {caffe_float(forward_loss(spec, out))}")
         if trainer is None:
             glog.info("caffe.cpp:357", "The net has no loss: backward passes are not timed")
         glog.info("caffe.cpp:365", "*** Benchmark begins ***")

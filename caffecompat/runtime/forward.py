@@ -11,6 +11,20 @@ from caffecompat.net.spec import NetSpec
 from caffecompat.runtime.providers import inference_session, ort_call
 
 
+def scoring_runner(spec: NetSpec, providers: list | None = None) -> ForwardRunner:
+    """A runner whose outputs are the net's outputs plus every loss top (for Net::Forward's loss)."""
+    extra = [v for v, _ in spec.loss_tops() if v not in spec.outputs]
+    return ForwardRunner(spec, outputs=list(spec.outputs) + extra, providers=providers)
+
+
+def forward_loss(spec: NetSpec, outputs: Mapping[str, np.ndarray]) -> np.float32:
+    """Net::Forward's loss: the sum over loss tops of loss_weight * sum(top), in float32."""
+    loss = np.float32(0)
+    for value, weight in spec.loss_tops():
+        loss = np.float32(loss + np.float32(weight) * np.float32(np.sum(outputs[value], dtype=np.float32)))
+    return loss
+
+
 class ForwardRunner:
     """An inference session for `spec` whose parameters are graph inputs, fed on every call.
 

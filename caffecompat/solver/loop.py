@@ -24,7 +24,7 @@ from caffecompat.net.spec import NetSpec
 from caffecompat.net.weights import init_params, load_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import Feeder, build_with_data
-from caffecompat.runtime.forward import ForwardRunner
+from caffecompat.runtime.forward import ForwardRunner, forward_loss, scoring_runner
 from caffecompat.runtime.training import TrainingNet
 from caffecompat.solver import nets
 from caffecompat.solver.fmt import caffe_float
@@ -49,7 +49,6 @@ class TestNet:
     feeder: Feeder
     runner: ForwardRunner
     own_values: dict[str, np.ndarray]
-    loss_values: list[tuple[str, float]]
 
 
 def loss_weight_of(spec: NetSpec, value: str) -> float:
@@ -116,10 +115,7 @@ class Solver:
                 merged = dict(own)
                 load_caffemodel(feeder.spec, merged, w)
                 own = {k: v for k, v in merged.items() if k not in values}
-            loss_values = feeder.spec.loss_tops()
-            extra = [v for v, _ in loss_values if v not in feeder.spec.outputs]
-            runner = ForwardRunner(feeder.spec, outputs=list(feeder.spec.outputs) + extra, providers=providers)
-            self.tests.append(TestNet(feeder, runner, own, loss_values))
+            self.tests.append(TestNet(feeder, scoring_runner(feeder.spec, providers), own))
 
         self.net = TrainingNet(self.spec, values, device=device)
         # Parameters the training graph does not hold (e.g. BatchNorm statistics) stay here.
@@ -301,8 +297,7 @@ class Solver:
                 break
             out = t.runner.run(t.feeder.next_inputs(), params)
             if self.param.test_compute_loss:
-                for value, weight in t.loss_values:
-                    loss = F32(loss + F32(weight) * F32(np.sum(out[value], dtype=np.float32)))
+                loss = F32(loss + forward_loss(spec, out))
             flat = np.concatenate([np.asarray(out[n], np.float32).reshape(-1) for n in spec.outputs]) \
                 if spec.outputs else np.zeros(0, np.float32)
             scores = flat if scores is None else (scores + flat).astype(np.float32)
