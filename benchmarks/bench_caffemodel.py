@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from caffecompat.formats import protofile
+from caffecompat.formats.blob import encode_varint
 from caffecompat.proto import caffe_pb2
 
 # VGG-16 (Simonyan & Zisserman, configuration D): (name, outputs, inputs) of its 3x3 convolutions
@@ -81,16 +82,7 @@ def _v1_layer(net: caffe_pb2.NetParameter, name: str, kind: int, shapes: list[tu
         a = rng.standard_normal(int(np.prod(shape)), dtype=np.float32)
         raw = a.tobytes()
         # Merge the packed `data` field's wire bytes: far faster than extend().
-        blob.MergeFromString(_varint(5 << 3 | 2) + _varint(len(raw)) + raw)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
+        blob.MergeFromString(encode_varint(5 << 3 | 2) + encode_varint(len(raw)) + raw)
 
 
 def make_vgg16(path: Path) -> None:

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import caffemodel
-from caffecompat.formats.blob import array_to_blob, blob_to_array
+from caffecompat.formats.blob import array_to_blob, blob_to_array, encode_varint
 from caffecompat.proto import caffe_pb2
 
 
@@ -134,22 +134,13 @@ def test_write_weights_rejects_unknown_layers_and_bad_diffs(tmp_path):
     assert not (tmp_path / "x.caffemodel").exists()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
 def test_unpacked_floats_and_split_packed_runs(tmp_path):
     shape = caffe_pb2.BlobShape(dim=[2, 2]).SerializeToString()
-    unpacked = b"".join(_varint(5 << 3 | 5) + struct.pack("<f", v) for v in (1, 2, 3, 4))
+    unpacked = b"".join(encode_varint(5 << 3 | 5) + struct.pack("<f", v) for v in (1, 2, 3, 4))
     split = _field(5, struct.pack("<2f", 5, 6)) + _field(5, struct.pack("<2f", 7, 8))
     layer_a = _field(1, b"a") + _field(7, _field(7, shape) + unpacked)
     layer_b = _field(1, b"b") + _field(7, _field(7, shape) + split)

@@ -36,7 +36,7 @@ class Exported:
 
 def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
            outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
-           opset: int = DEFAULT_OPSET, label_inputs: Iterable[str] = ()) -> Exported:
+           opset: int = DEFAULT_OPSET) -> Exported:
     """The ONNX model computing `spec`.
 
     params: tensor values, required when they become initializers.
