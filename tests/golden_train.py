@@ -25,6 +25,7 @@ RUNS = {
     "bn_sgd_fixed": ["-weights", "train/init_bn.caffemodel"],
     "finetune_step": ["-weights", "train/out/sgd_step_iter_24.caffemodel"],
     "sgd_step_resume": ["-snapshot", "train/out/sgd_step_iter_12.solverstate"],
+    "deconv_sgd": ["-weights", "train/init_deconv.caffemodel"],
 }
 
 _TRAIN = re.compile(r"\] Iteration (\d+) \(.*\), loss = (\S+)$")

@@ -1,11 +1,11 @@
-"""Test helpers for layer tests: tiny nets from prototxt text, run by ORT, OpenCV, and ORT training.
+"""Test helpers for layer tests: tiny nets from prototxt text, run by ORT and OpenCV, and checked gradients.
 
 Nets get one Input layer per named input (`make_net`); `make_data_net` is the
 single-input shorthand (one input `data`, filler-initialized parameters).
 Two forwards: `run` exports with the parameters as initializers and returns
 ONNX outputs by value name; `forward` uses the runtime's ForwardRunner and
-returns values by Caffe blob name. Two gradient checks against central
-differences: `check_gradients` (the named parameters) and
+returns values by Caffe blob name. Two gradient checks of our Backward against
+central differences: `check_gradients` (the named parameters) and
 `check_all_gradients` (every input and every parameter).
 """
 
@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
 
 from caffecompat.formats.blob import array_to_blob
 from caffecompat.formats.protofile import parse_text
@@ -25,8 +24,7 @@ from caffecompat.net.spec import NetSpec, build
 from caffecompat.net.weights import init_params
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.forward import ForwardRunner
-from caffecompat.runtime.providers import inference_session
-from tests.gradients import numeric_gradient, ort_gradients
+from tests.gradients import check_layer_gradients
 
 
 def net_text(layers: str, inputs: dict[str, tuple[int, ...]]) -> str:
@@ -120,79 +118,22 @@ def layer_blobs(spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, list[
     return {n.name: [params[p] for p in n.param_names] for n in spec.layers if n.param_names}
 
 
-def with_loss(model: onnx.ModelProto, top: str, shape: tuple[int, ...], seed: int = 1) -> onnx.ModelProto:
-    """`model` with one output: loss = sum(top * fixed random weights)."""
-    w = np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
-    g = model.graph
-    g.initializer.append(numpy_helper.from_array(w, "loss_w"))
-    g.node.append(helper.make_node("Mul", [top, "loss_w"], ["loss_prod"]))
-    g.node.append(helper.make_node("ReduceSum", ["loss_prod"], ["loss"], keepdims=0))
-    del g.output[:]
-    g.output.append(helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, []))
-    return model
+def _blob_of(spec: NetSpec, value: str) -> str:
+    """The Caffe blob whose value is `value` (a blob name is its own)."""
+    if value in spec.blob_values:
+        return value
+    return value.split("@")[0]
 
 
 def check_gradients(spec: NetSpec, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], top: str,
-                    trainable: list[str], training: bool = True, rtol: float = 2e-2) -> None:
-    """ORT training's parameter gradients of sum(top * w) agree with central differences."""
-    model = with_loss(export(spec, params=params, outputs=[top], training=training).model, top, spec.shapes[top])
-    inputs = [feeds[n].astype(np.float32) for n in spec.inputs]
-    _, grads = ort_gradients(model, inputs, trainable)
-
-    probe = with_loss(export(spec, params_as_inputs=True, outputs=[top], training=training).model, top,
-                      spec.shapes[top])
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in sess.get_inputs()}
-
-    def loss_fn(values: dict[str, np.ndarray]) -> float:
-        feed = {k: v.astype(np.float32) for k, v in values.items() if k in wanted}
-        return float(sess.run(["loss"], feed)[0])
-
-    values = {**{k: v.astype(np.float64) for k, v in params.items()}, **feeds}
-    for name in trainable:
-        idx, numeric = numeric_gradient(loss_fn, values, name, eps=1e-2)
-        ours = grads[name].reshape(-1)[idx]
-        scale = max(1.0, float(np.abs(numeric).max()))
-        assert np.abs(ours - numeric).max() / scale < rtol, (name, ours, numeric)
+                    trainable: list[str], training: bool = True, samples: int = 12) -> dict[str, np.ndarray]:
+    """Our Backward's diffs of sum(top * R) w.r.t. the named parameters agree with central differences."""
+    return check_layer_gradients(spec, params, feeds, [_blob_of(spec, top)], wrt=trainable, training=training,
+                                 samples=samples)
 
 
 def check_all_gradients(spec: NetSpec, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], top: str,
-                        eps: float = 1e-2, samples: int = 10, tol: float = 2e-2) -> dict[str, np.ndarray]:
-    """ORT training gradients of loss = sum(top * R) w.r.t. every net input and every parameter, checked
-    against central differences of the forward graph. Returns ORT's gradients (`top` is a blob name)."""
-    exported = export(spec, params=params, outputs=[spec.blob_values[top]], training=True)
-    model = exported.model
-    graph = model.graph
-    value = spec.blob_values[top]
-    weight = np.random.default_rng(1).normal(size=spec.shapes[value]).astype(np.float32)
-    # The inputs become parameters, so ORT computes their gradients too.
-    del graph.input[:]
-    for name in spec.inputs:
-        graph.initializer.append(numpy_helper.from_array(feeds[name].astype(np.float32), name))
-    # The loss weights stay a graph input (ORT's Module returns numpy only when fed numpy).
-    graph.input.append(helper.make_tensor_value_info("test/loss_weight", onnx.TensorProto.FLOAT, weight.shape))
-    graph.node.append(helper.make_node("Mul", [value, "test/loss_weight"], ["test/weighted"]))
-    graph.node.append(helper.make_node("ReduceSum", ["test/weighted"], ["test/loss"], keepdims=0))
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("test/loss", onnx.TensorProto.FLOAT, []))
-    trainable = [*spec.inputs, *exported.params]
-    _, grads = ort_gradients(model, [weight], trainable)
-
-    def loss_fn(values: dict[str, np.ndarray]) -> float:
-        # Rebuild the initializers being varied and run the forward graph.
-        g = onnx.ModelProto()
-        g.CopyFrom(model)
-        for init in g.graph.initializer:
-            if init.name in values:
-                init.CopyFrom(numpy_helper.from_array(values[init.name].astype(np.float32), init.name))
-        s = inference_session(g.SerializeToString(), ["CPUExecutionProvider"])
-        return float(s.run(["test/loss"], {"test/loss_weight": weight})[0])
-
-    values = {**{n: feeds[n].astype(np.float64) for n in spec.inputs},
-              **{p: np.asarray(params[p], np.float64) for p in exported.params}}
-    for name in trainable:
-        idx, numeric = numeric_gradient(loss_fn, values, name, eps=eps, samples=samples)
-        ours = grads[name].reshape(-1)[idx]
-        scale = max(1.0, float(np.abs(numeric).max()))
-        assert np.abs(ours - numeric).max() <= tol * scale, (name, ours, numeric)
-    return grads
+                        samples: int = 10, training: bool = True) -> dict[str, np.ndarray]:
+    """Our Backward's diffs of loss = sum(top * R) w.r.t. every net input and every parameter, checked
+    against central differences of the forward graph. Returns our diffs (`top` is a blob name)."""
+    return check_layer_gradients(spec, params, feeds, [top], samples=samples, training=training)

@@ -1,7 +1,8 @@
-"""One forward/backward pass from init weights reproduces Caffe's loss and parameter gradients (1e-5).
+"""One forward/backward pass from init weights reproduces Caffe's loss, parameter diffs and blob diffs (1e-5).
 
 ../shared/caffe-golden/train/grad (and grad_bn for BatchNorm) hold Caffe's
-first TRAIN batch: the loss, and every parameter with its gradient in `diff`.
+first TRAIN batch: the loss, every parameter with its gradient in `diff`, and
+every blob's diff after Net::Backward.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from caffecompat.net.weights import init_params, load_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import build_with_data
 from caffecompat.runtime.training import TrainingNet
+from tests.gradients import net_backward
 
 CASES = {"grad": ("train/net.prototxt", "train/init.caffemodel"),
          "grad_bn": ("train/net_bn.prototxt", "train/init_bn.caffemodel")}
@@ -42,7 +44,8 @@ def test_first_iteration_gradients_match_caffe(golden, monkeypatch, case):
         values = init_params(spec, rng)
         load_caffemodel(spec, values, weights)
         trainer = TrainingNet(spec, values)
-        outputs = trainer.forward_backward(feeder.next_inputs())
+        inputs = feeder.next_inputs()
+        outputs = trainer.forward_backward(inputs)
     finally:
         feeder.close()
     expected_loss = float((golden / "train" / case / "loss.txt").read_text())
@@ -64,3 +67,15 @@ def test_first_iteration_gradients_match_caffe(golden, monkeypatch, case):
             checked += 1
     trainer.close()
     assert checked >= 8
+
+    # Every blob's diff, as Net::Backward leaves it (Caffe's split copies included).
+    _, _, blob_diffs = net_backward(spec, values, inputs, force_backward=False)
+    names = (golden / "train" / case / "blob_names.txt").read_text().split()
+    vec = caffe_pb2.BlobProtoVector()
+    vec.ParseFromString((golden / "train" / case / "blob_diffs.binaryproto").read_bytes())
+    assert len(vec.blobs) == len(names)
+    for name, blob in zip(names, vec.blobs):
+        theirs = blob_to_array(blob, diff=True).reshape(-1)
+        ours = blob_diffs[name].reshape(-1)
+        err = float(np.abs(ours - theirs).max() / max(1.0, float(np.abs(theirs).max())))
+        assert err <= 1e-5, f"blob {name} diff: {err}"

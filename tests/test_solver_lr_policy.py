@@ -280,7 +280,7 @@ def test_golden_lr_schedule_matches_every_logged_iteration(golden, log_lines):
         for row in with_lr:
             assert row["lr"] == float(by_iter[str(row["iter"])]), (name, row["iter"])
         runs += 1
-    assert runs == 10
+    assert runs == 11  # the ten first-round runs and deconv_sgd
     # The nesterov run's multistep changes are logged as Caffe logs them.
     assert "MultiStep Status: Iteration 5, step = 1" in log_lines.getvalue()
     assert "MultiStep Status: Iteration 13, step = 2" in log_lines.getvalue()

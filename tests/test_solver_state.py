@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from caffecompat import glog
 from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.formats.caffemodel import read_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.solver.solverstate import (
     SolverStateData,
@@ -29,7 +31,7 @@ BN_SHAPES = [
     (48, 1176), (48,), (10, 48), (10,),
 ]  # fmt: skip
 CURRENT_STEP = {"sgd_step_iter_12": 1, "sgd_step_iter_24": 2, "sgd_step_resume_iter_24": 2,
-                "finetune_step_iter_24": 2, "nesterov_multistep_iter_24": 2}  # fmt: skip
+                "finetune_step_iter_24": 2, "nesterov_multistep_iter_24": 2, "deconv_sgd_iter_24": 2}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -40,22 +42,27 @@ def quiet_log():
     glog.set_stream(None)
 
 
-def expected_shapes(name: str) -> list[tuple[int, ...]]:
-    shapes = BN_SHAPES if name.startswith("bn_") else NET_SHAPES
+def expected_shapes(name: str, folder: Path | None = None) -> list[tuple[int, ...]]:
+    if name.startswith("deconv_") and folder is not None:
+        # train/net_deconv.prototxt: the shapes Caffe wrote into the run's own snapshot.
+        model = read_caffemodel(folder / f"{name}.caffemodel")
+        shapes = [tuple(b.shape.dim) for lp in model.layer for b in lp.blobs]
+    else:
+        shapes = BN_SHAPES if name.startswith("bn_") else NET_SHAPES
     depth = 2 if name.startswith(("adam", "adadelta")) else 1
     return shapes * depth
 
 
 def test_golden_solverstates_read_back(golden):
     files = sorted((golden / "train/out").glob("*.solverstate"))
-    assert len(files) == 11
+    assert len(files) == 12
     for path in files:
         name = path.stem
         state = read_solverstate(path)
         assert state.iteration == int(re.search(r"_iter_(\d+)$", name).group(1))
         assert state.learned_net == f"train/out/{name}.caffemodel"
         assert state.current_step == CURRENT_STEP.get(name, 0), name
-        shapes = expected_shapes(name)
+        shapes = expected_shapes(name, golden / "train/out")
         assert [h.shape for h in state.history] == shapes, name
         assert all(h.dtype == np.float32 for h in state.history)
         restored = check_history(state, shapes, path)

@@ -1,4 +1,4 @@
-"""The ten golden training runs: our `caffecompat train` reproduces Caffe's log and snapshots.
+"""The golden training runs (the first ten and deconv_sgd): `caffecompat train` reproduces Caffe's log and snapshots.
 
 Tolerances from ../shared/caffe-golden/README.md: displayed loss within 1e-3
 relative, lr exactly as printed, test outputs within 1e-3, final weights and

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from caffecompat.layers.graph import GraphBuilder
-from caffecompat.layers.registry import Layer, LayerNode, Shape, register
+from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
 
 
 @register("Input")
@@ -11,6 +11,7 @@ class Input(Layer):
     """Tops fed by the user, shaped by input_param.shape (one for all tops, or one per top)."""
 
     source = True
+    has_backward = False
     min_tops = 1
 
     def top_shapes(self, node: LayerNode) -> list[Shape]:
@@ -36,3 +37,12 @@ class Split(Layer):
     def lower(self, node: LayerNode, g: GraphBuilder) -> None:
         for top in node.tops:
             g.identity(node.bottoms[0], top)
+
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        if not d.need_bottom[0]:
+            return
+        # SplitLayer::Backward_cpu: the bottom diff is the sum of the top diffs, added in top order.
+        acc = d.top[0]
+        for t in d.top[1:]:
+            acc = g.op1("Add", [acc, t])
+        d.bottom[0] = acc

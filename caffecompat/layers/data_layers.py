@@ -11,6 +11,7 @@ from caffecompat.layers.registry import Layer, register
 
 class _Source(Layer):
     source = True
+    has_backward = False
     max_bottoms = 0
     min_tops = 1
 
@@ -33,3 +34,8 @@ class HDF5Data(_Source):
 @register("DummyData")
 class DummyData(_Source):
     """Tops filled by fillers on every forward pass (caffecompat.data)."""
+
+
+@register("MemoryData")
+class MemoryData(_Source):
+    """Batches of arrays given from Python (caffecompat.Net.set_input_arrays; caffecompat.pycaffe.MemorySource)."""

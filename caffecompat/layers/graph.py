@@ -1,4 +1,4 @@
-"""GraphBuilder: what a layer's `lower` uses to emit ONNX nodes, constants and parameter references.
+"""GraphBuilder: what a layer's `lower` and `backward` use to emit ONNX nodes, constants and parameter references.
 
 Parameter blobs are referenced by tensor name (`g.param(node, i)`); whether
 they end up as initializers (convert, training) or as graph inputs fed at
@@ -7,12 +7,23 @@ run time (TEST nets sharing the solver's weights) is the exporter's choice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from caffecompat.layers.registry import LayerNode
+
+
+@dataclass
+class FedInput:
+    """A graph input the runtime draws before every pass (e.g. a Dropout mask from the solver's generator)."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    draw: Callable[[np.random.Generator], np.ndarray]
 
 
 class GraphBuilder:
@@ -28,15 +39,19 @@ class GraphBuilder:
         self.used_params: set[str] = set()
         # Extra graph outputs a lowering asks for, e.g. BatchNorm batch statistics
         # the solver needs: value name -> (layer name, what).
-        self.side_outputs: dict[str, tuple[str, str]] = {}
+        self.side_outputs: dict[str, tuple[int, str]] = {}
+        # Graph inputs drawn by the runtime before each pass: value name -> how to draw it.
+        self.fed_inputs: dict[str, FedInput] = {}
+        # Forward values a layer's backward reads (MaxPool indices, softmax probabilities, ...).
+        self._stash: dict[tuple[int, str], str] = {}
         self._names: set[str] = set()
         self._counter = 0
         self._layer = ""
 
     # -- naming -------------------------------------------------------------
-    def begin_layer(self, node: LayerNode) -> None:
-        """Name the temporaries and nodes that follow after `node`."""
-        self._layer = node.name
+    def begin_layer(self, node: LayerNode, backward: bool = False) -> None:
+        """Name the temporaries and nodes that follow after `node` (`<layer>/backward` for its Backward)."""
+        self._layer = node.label + ("/backward" if backward else "")
 
     def reserve(self, names: list[str]) -> None:
         """Mark value names (graph inputs, blob values) as taken."""
@@ -87,12 +102,33 @@ class GraphBuilder:
         return name
 
     def side_output(self, value: str, node: LayerNode, what: str) -> None:
-        """Expose `value` as an extra graph output tagged (layer, what), e.g. BatchNorm's batch mean."""
-        self.side_outputs[value] = (node.name, what)
+        """Expose `value` as an extra graph output tagged (layer index, what), e.g. BatchNorm's batch mean."""
+        self.side_outputs[value] = (node.index, what)
 
     def identity(self, src: str, dst: str) -> str:
         """dst = src."""
         return self.op1("Identity", [src], dst)
+
+    def zeros(self, shape: tuple[int, ...] | list[int], hint: str = "zeros") -> str:
+        """A float32 tensor of zeros of a static shape (made at run time, not stored in the model)."""
+        value = helper.make_tensor("value", FLOAT, [1], [0.0])
+        return self.op1("ConstantOfShape", [self.ints(list(shape), hint + "_shape")], value=value)
+
+    def stash(self, node: LayerNode, key: str, value: str) -> None:
+        """Keep a forward value of `node` for its backward (e.g. `indices` of a MaxPool)."""
+        self._stash[(node.index, key)] = value
+
+    def stashed(self, node: LayerNode, key: str) -> str | None:
+        """A value `node`'s forward stashed under `key`, or None."""
+        return self._stash.get((node.index, key))
+
+    def fed_input(self, node: LayerNode, hint: str, shape: tuple[int, ...], dtype: Any,
+                  draw: Callable[[np.random.Generator], np.ndarray]) -> str:
+        """A graph input drawn by the runtime before every pass with `draw(rng)` (e.g. a Dropout mask)."""
+        name = f"{node.label}/{hint}"
+        self.reserve([name])
+        self.fed_inputs[name] = FedInput(tuple(int(d) for d in shape), dtype, draw)
+        return name
 
 
 FLOAT = TensorProto.FLOAT

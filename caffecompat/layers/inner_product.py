@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from caffecompat.layers.graph import GraphBuilder
-from caffecompat.layers.registry import Layer, LayerNode, Shape, register
+from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
 from caffecompat.net.fillers import fill
 
 
@@ -50,9 +50,33 @@ class InnerProduct(Layer):
         axis, _, _ = self._split(node)
         x = node.bottoms[0]
         flat = g.op1("Flatten", [x], axis=axis) if len(node.bottom_shapes[0]) != 2 or axis != 1 else x
+        g.stash(node, "flat", flat)
         inputs = [flat, g.param(node, 0)] + ([g.param(node, 1)] if p.bias_term else [])
         top_shape = node.top_shapes[0]
         direct = len(top_shape) == 2
         y = g.op1("Gemm", inputs, node.tops[0] if direct else None, transB=0 if p.transpose else 1)
         if not direct:
             g.op1("Reshape", [y, g.ints(top_shape)], node.tops[0])
+
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        p = node.param.inner_product_param
+        axis, k, n = self._split(node)
+        flat = g.stashed(node, "flat")
+        dy = d.top[0]
+        if len(node.top_shapes[0]) != 2:
+            dy = g.op1("Reshape", [dy, g.ints([-1, n])])
+        if d.need_param[0]:
+            # InnerProductLayer::Backward_cpu: dW = dy^T . x (or x^T . dy when transposed).
+            if p.transpose:
+                d.param[0] = g.op1("Gemm", [flat, dy], transA=1)
+            else:
+                d.param[0] = g.op1("Gemm", [dy, flat], transA=1)
+        if p.bias_term and d.need_param[1]:
+            # The bias diff is the sum of dy over the M rows.
+            d.param[1] = g.op1("ReduceSum", [dy, g.ints([0])], keepdims=0)
+        if d.need_bottom[0]:
+            # dx = dy . W (or dy . W^T when transposed), reshaped to the bottom.
+            dx = g.op1("Gemm", [dy, g.param(node, 0)], transB=1 if p.transpose else 0)
+            if len(node.bottom_shapes[0]) != 2 or axis != 1:
+                dx = g.op1("Reshape", [dx, g.ints(list(node.bottom_shapes[0]))])
+            d.bottom[0] = dx

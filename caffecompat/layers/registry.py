@@ -1,8 +1,11 @@
-"""The one registry of Caffe layer types: type name -> shapes, parameter blobs, fillers, ONNX lowering.
+"""The one registry of Caffe layer types: type name -> shapes, parameter blobs, fillers, Forward and Backward.
 
 Each supported type is a subclass of `Layer` decorated with `@register("Type")`,
-living in the module of its family (conv.py, pooling.py, activations.py, ...).
-Everything caffecompat knows about a layer type is in that one class.
+living in the module named after it (relu.py, softmax_loss.py, batch_norm.py, ...;
+Caffe's <name>_layer.cpp) or of its family (conv.py, pooling.py, ...).
+Everything caffecompat knows about a layer type is in that one class: its
+`lower` emits the ONNX ops of Caffe's Forward, its `backward` those of Caffe's
+Backward (bottom diffs and parameter diffs from top diffs), side by side.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class LayerNode:
     param_names: list[str] = field(default_factory=list)  # tensor name of each parameter blob
     param_shapes: list[Shape] = field(default_factory=list)
     loss_weights: list[float] = field(default_factory=list)  # one per top
+    runtime: object | None = None  # per-net state of a type that runs outside ONNX (a Python layer's host)
+
+    @property
+    def label(self) -> str:
+        """The layer's name for messages and ONNX node names (Caffe allows an empty name)."""
+        return self.param.name or f"(unnamed #{self.index})"
 
     @property
     def name(self) -> str:
@@ -50,6 +59,29 @@ class LayerNode:
     def error(self, message: str) -> CaffeCompatError:
         """A CaffeCompatError naming this layer."""
         return CaffeCompatError(f"layer '{self.name}' ({self.type}): {message}")
+
+
+@dataclass
+class Diffs:
+    """What a layer's Backward reads and writes, as ONNX value names (Caffe's top/bottom/param diffs).
+
+    `top` holds the diff of every top (a zeros tensor where nothing downstream
+    reads the top). `backward` fills `bottom[j]` for each j with `need_bottom[j]`
+    (Caffe's propagate_down) and `param[i]` for each i with `need_param[i]`
+    (Caffe's param_propagate_down); entries it leaves None are zero in Caffe.
+    A parameter diff is this layer's contribution only: Caffe accumulates
+    diffs of shared parameters, and the net composer sums them.
+    """
+
+    top: list[str]
+    need_bottom: list[bool]
+    need_param: list[bool]
+    bottom: list[str | None] = field(default_factory=list)
+    param: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bottom = self.bottom or [None] * len(self.need_bottom)
+        self.param = self.param or [None] * len(self.need_param)
 
 
 class Layer:
@@ -69,6 +101,12 @@ class Layer:
     statistics_params: ClassVar[bool] = False
     # Caffe's EqualNumBottomTopBlobs (ReLU-like layers that map each bottom to one top).
     equal_bottoms_tops: ClassVar[bool] = False
+    # False for the types whose Backward Caffe leaves unimplemented (Accuracy, ArgMax, Threshold,
+    # data layers): asking them for a bottom diff is an error, as in Caffe.
+    has_backward: ClassVar[bool] = True
+    # Axes of the tops whose size depends on the data (DetectionOutput's detections): `top_shapes` gives the
+    # size the fork's Reshape sets up (a placeholder) and the ONNX graph declares these axes symbolic.
+    data_dependent_axes: ClassVar[tuple[int, ...]] = ()
 
     def check_counts(self, node: LayerNode) -> None:
         """Caffe's bottom/top count checks, as errors naming the layer."""
@@ -99,8 +137,21 @@ class Layer:
         return []
 
     def lower(self, node: LayerNode, g: GraphBuilder) -> None:
-        """Emit ONNX nodes computing node.tops from node.bottoms and the parameter tensors."""
+        """Forward: emit ONNX nodes computing node.tops from node.bottoms and the parameter tensors."""
         raise NotImplementedError(f"{type(self).__name__}.lower")
+
+    def allow_force_backward(self, node: LayerNode, bottom_index: int) -> bool:
+        """Layer::AllowForceBackward: whether force_backward may ask for this bottom's diff."""
+        # LossLayer::AllowForceBackward: a loss never propagates to its labels (bottom 1).
+        return not (self.loss and bottom_index == 1)
+
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        """Backward: emit ONNX nodes filling d.bottom / d.param from d.top, as Caffe's Backward_cpu.
+
+        The forward values (node.bottoms, node.tops, anything `lower` stashed with
+        g.stash) are in the same graph and may be read.
+        """
+        raise NotSupportedError(f"backward of layer {node.label} of type {node.type}")
 
 
 _REGISTRY: dict[str, Layer] = {}
@@ -120,12 +171,15 @@ def register(type_name: str) -> Callable[[type[Layer]], type[Layer]]:
 
 
 def get(node_or_param: LayerNode | caffe_pb2.LayerParameter) -> Layer:
-    """The implementation of a layer's type, or `not supported: layer <name> of type <T>`."""
+    """The implementation of a layer's type; a Caffe type we lack is `not supported: layer <name> of type <T>`,
+    any other type an error naming the closest known types."""
     _load_all()
     param = node_or_param.param if isinstance(node_or_param, LayerNode) else node_or_param
     impl = _REGISTRY.get(param.type)
     if impl is None:
-        raise NotSupportedError(f"layer {param.name} of type {param.type}")
+        from caffecompat.layers.caffe_types import unknown_type_error
+
+        raise unknown_type_error(param.name, param.type, _REGISTRY)
     return impl
 
 

@@ -7,19 +7,20 @@ artifacts) or graph inputs (a TEST net fed the solver's current weights).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.layers import registry
-from caffecompat.layers.graph import GraphBuilder
+from caffecompat.layers.graph import FedInput, GraphBuilder
+from caffecompat.net.backward import BackwardPlan, lower_backward, seed_input_name
 from caffecompat.net.spec import NetSpec
 
-# What ONNX Runtime 1.19 (training build) accepts: opset <= 21, IR version <= 10.
 DEFAULT_OPSET = 17
+# The newest opset whose every operator we use runs on the onnxruntime versions we support (>= 1.20).
 MAX_OPSET = 21
 
 LOSS_OUTPUT = "caffecompat/loss"
@@ -31,29 +32,41 @@ class Exported:
 
     model: onnx.ModelProto
     params: list[str]  # parameter tensors the graph reads
-    side_outputs: dict[str, tuple[str, str]]  # value -> (layer, what), e.g. BatchNorm batch statistics
+    side_outputs: dict[str, tuple[int, str]]  # value -> (layer index, what), e.g. BatchNorm batch statistics
+    param_diffs: dict[str, str] = field(default_factory=dict)  # parameter -> output holding its diff
+    blob_diffs: dict[str, str] = field(default_factory=dict)  # Caffe blob -> output holding its diff
+    fed_inputs: dict[str, FedInput] = field(default_factory=dict)  # inputs the runtime draws (Dropout masks)
 
 
 def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
            outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
-           opset: int = DEFAULT_OPSET) -> Exported:
+           opset: int = DEFAULT_OPSET, backward: BackwardPlan | None = None, blob_diffs: bool = False,
+           diff_params: list[str] | None = None, seeds: list[str] = ()) -> Exported:
     """The ONNX model computing `spec`.
 
     params: tensor values, required when they become initializers.
     outputs: value names to output (default: the net's outputs).
     training: lower for gradient training (Dropout active, BatchNorm batch statistics).
     loss_output: make the first output the scalar loss (sum of loss tops times loss weights).
+    backward: append Net::Backward (net.backward.plan) and output the parameter diffs
+        (of `diff_params`, default every parameter with lr_mult != 0) and, with blob_diffs, every blob's diff;
+        `seeds` are values whose diff is a graph input (net.backward.seed_input_name).
     """
     if not 7 <= opset <= MAX_OPSET:
-        raise CaffeCompatError(f"opset {opset} is not supported: ONNX Runtime 1.19 takes opsets 7 to {MAX_OPSET}")
+        raise CaffeCompatError(f"opset {opset} is not supported: use an opset from 7 to {MAX_OPSET}")
     g = GraphBuilder(opset, training)
     g.reserve(list(spec.shapes))
+    dynamic: dict[str, tuple[int, ...]] = {}  # value -> its data-dependent axes
     for node in spec.layers:
         impl = registry.get(node)
         if impl.source:
             continue
+        _check_static_bottoms(node, dynamic)
         g.begin_layer(node)
         impl.lower(node, g)
+        dynamic.update({t: impl.data_dependent_axes for t in node.tops if impl.data_dependent_axes})
+    bw = (lower_backward(spec, g, backward, blob_diffs=blob_diffs, params=diff_params, seeds=list(seeds))
+          if backward else None)
 
     out_names: list[str] = []
     if loss_output:
@@ -81,9 +94,15 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
         if name not in out_names:
             out_names.append(name)
     out_names.extend(v for v in g.side_outputs if v not in out_names)
+    if bw is not None:
+        out_names.extend(v for v in [*bw.param_diffs.values(), *bw.blob_diffs.values()] if v not in out_names)
 
     used = [p for p in spec.params if p in g.used_params]
     graph_inputs = [helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, spec.shapes[v]) for v in spec.inputs]
+    graph_inputs += [helper.make_tensor_value_info(v, helper.np_dtype_to_tensor_dtype(np.dtype(f.dtype)), f.shape)
+                     for v, f in g.fed_inputs.items()]
+    graph_inputs += [helper.make_tensor_value_info(seed_input_name(v), onnx.TensorProto.FLOAT, spec.shapes[v])
+                     for v in seeds]
     initializers = list(g.constants)
     if params_as_inputs:
         graph_inputs += [helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, spec.params[p].shape) for p in used]
@@ -93,21 +112,39 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
         for p in used:
             initializers.append(numpy_helper.from_array(np.asarray(params[p], dtype=np.float32), p))
     graph_outputs = []
+    diff_shapes = {}
+    if bw is not None:
+        diff_shapes.update({v: spec.params[p].shape for p, v in bw.param_diffs.items()})
+        diff_shapes.update({v: spec.shapes[spec.blob_values[b]] if b in spec.blob_values else None
+                            for b, v in bw.blob_diffs.items()})
     for v in out_names:
-        shape = [] if v == LOSS_OUTPUT else spec.shapes.get(v)
+        shape = [] if v == LOSS_OUTPUT else diff_shapes.get(v, spec.shapes.get(v))
+        if v in dynamic and shape is not None:
+            shape = [f"{v}_{a}" if a in dynamic[v] else d for a, d in enumerate(shape)]
         graph_outputs.append(helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, shape))
     graph = helper.make_graph(g.nodes, spec.name or "net", graph_inputs, graph_outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="caffecompat")
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
-    if any(v not in spec.shapes and v != LOSS_OUTPUT for v in out_names):
+    if any(v not in spec.shapes and v not in diff_shapes and v != LOSS_OUTPUT for v in out_names):
         _fill_output_shapes(model)
-    return Exported(model=model, params=used, side_outputs=dict(g.side_outputs))
+    return Exported(model=model, params=used, side_outputs=dict(g.side_outputs),
+                    param_diffs=dict(bw.param_diffs) if bw else {}, blob_diffs=dict(bw.blob_diffs) if bw else {},
+                    fed_inputs=dict(g.fed_inputs))
+
+
+def _check_static_bottoms(node: registry.LayerNode, dynamic: dict[str, tuple[int, ...]]) -> None:
+    # Lowerings size their ops from NetSpec's static shapes: a bottom whose size is known only at run time
+    # (DetectionOutput's detections) can only be a net output.
+    for value in node.bottoms:
+        if value in dynamic:
+            raise NotSupportedError(f"layer {node.label} of type {node.type} reading '{value}', whose size depends "
+                                    "on the data (it can only be an output of the net)")
 
 
 def _fill_output_shapes(model: onnx.ModelProto) -> None:
-    # Side outputs (e.g. BatchNorm batch statistics) have no Caffe blob shape; ORT's training graph
-    # builder needs every output typed with a shape, so take it from ONNX shape inference.
+    # Side outputs (e.g. BatchNorm batch statistics) have no Caffe blob shape: take it from ONNX shape
+    # inference, so that every output of the model is typed with a shape.
     inferred = onnx.shape_inference.infer_shapes(model)
     known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     for out in model.graph.output:

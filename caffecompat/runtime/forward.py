@@ -8,13 +8,14 @@ import numpy as np
 
 from caffecompat.net.export import export
 from caffecompat.net.spec import NetSpec
+from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.providers import inference_session, ort_call
 
 
-def scoring_runner(spec: NetSpec, providers: list | None = None) -> ForwardRunner:
+def scoring_runner(spec: NetSpec, providers: list | None = None, options=None) -> ForwardRunner:
     """A runner whose outputs are the net's outputs plus every loss top (for Net::Forward's loss)."""
     extra = [v for v, _ in spec.loss_tops() if v not in spec.outputs]
-    return ForwardRunner(spec, outputs=list(spec.outputs) + extra, providers=providers)
+    return ForwardRunner(spec, outputs=list(spec.outputs) + extra, providers=providers, options=options)
 
 
 def forward_loss(spec: NetSpec, outputs: Mapping[str, np.ndarray]) -> np.float32:
@@ -29,21 +30,27 @@ class ForwardRunner:
     """An inference session for `spec` whose parameters are graph inputs, fed on every call.
 
     Feeding parameters lets TEST nets share the solver's live weights without
-    rebuilding the session.
+    rebuilding the session. A TRAIN-phase net runs as Caffe runs it in that
+    phase: Dropout masks drawn from `rng`, BatchNorm on batch statistics.
     """
 
-    def __init__(self, spec: NetSpec, outputs: Iterable[str] | None = None, providers: list | None = None):
+    def __init__(self, spec: NetSpec, outputs: Iterable[str] | None = None, providers: list | None = None,
+                 options=None, rng: np.random.Generator | None = None):
         self.spec = spec
-        exported = export(spec, params_as_inputs=True, outputs=outputs)
+        exported = export(spec, params_as_inputs=True, outputs=outputs, training=spec.phase == caffe_pb2.TRAIN)
         self.params = exported.params
+        self.fed_inputs = exported.fed_inputs
+        self.rng = rng if rng is not None else np.random.default_rng()
         self.output_names = [o.name for o in exported.model.graph.output]
         self.session = inference_session(exported.model.SerializeToString(),
-                                         providers or ["CPUExecutionProvider"])
+                                         providers or ["CPUExecutionProvider"], options)
 
     def run(self, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by value name for one forward pass."""
         feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.spec.inputs}
         for p in self.params:
             feed[p] = params[p]
+        for name, fed in self.fed_inputs.items():
+            feed[name] = np.ascontiguousarray(fed.draw(self.rng), dtype=fed.dtype)
         outs = ort_call(f"net '{self.spec.name}' forward", self.session.run, self.output_names, feed)
         return dict(zip(self.output_names, outs))

@@ -25,7 +25,9 @@ def ort_call(what: str, fn: Callable[..., T], *args, **kwargs) -> T:
     """Call into ONNX Runtime; its failures become one-line CaffeCompatErrors saying what was running."""
     try:
         return fn(*args, **kwargs)
-    except ORT_ERRORS as e:
+    except (*ORT_ERRORS, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not isinstance(e, ORT_ERRORS) and "ONNXRuntimeError" not in str(e):
+            raise
         detail = " ".join(str(e).split())
         if len(detail) > 400:
             detail = detail[:400] + "..."
@@ -43,12 +45,14 @@ def resolve(gpu: int | None, allow_cpu_fallback: bool = False, asked_by: str | N
     if gpu < 0:
         raise CaffeCompatError(f"-gpu {gpu}: device ids start at 0")
     if "CUDAExecutionProvider" in ort.get_available_providers():
+        if hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu[cuda,cudnn]: load the CUDA and cuDNN libraries pip installed.
+            ort.preload_dlls()
         return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
     who = asked_by or f"-gpu {gpu}"
     message = (f"{who} asks for CUDA, but this onnxruntime ({ort.__version__}) has no CUDA execution provider"
-               ": install the CUDA training build (pip uninstall onnxruntime-training-cpu && "
-               "pip install onnxruntime-training==1.19.2), or run on the CPU (drop -gpu, set solver_mode: CPU, "
-               "or pass -allow_cpu_fallback)")
+               ": install the CUDA build (pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]'"
+               "), or run on the CPU (drop -gpu, set solver_mode: CPU, or pass -allow_cpu_fallback)")
     if not allow_cpu_fallback:
         raise CaffeCompatError(message)
     from caffecompat import glog
@@ -57,14 +61,32 @@ def resolve(gpu: int | None, allow_cpu_fallback: bool = False, asked_by: str | N
     return ["CPUExecutionProvider"]
 
 
+# Threads each session may use (0: ONNX Runtime's default, every core); a multi-process run
+# (caffecompat.parallel) splits the machine's cores between its processes.
+INTRA_OP_THREADS = 0
+
+
 def session_options() -> ort.SessionOptions:
     """Session options with ORT's own logging kept to warnings and above."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if INTRA_OP_THREADS:
+        opts.intra_op_num_threads = INTRA_OP_THREADS
     return opts
 
 
-def inference_session(model_bytes: bytes, providers: list) -> ort.InferenceSession:
+def inference_session(model_bytes: bytes, providers: list,
+                      options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An inference session over a serialized ONNX model."""
     return ort_call("creating an inference session", ort.InferenceSession, model_bytes,
-                    sess_options=session_options(), providers=providers)
+                    sess_options=options or session_options(), providers=providers)
+
+
+def device_of(providers: list) -> tuple[str, int]:
+    """("cuda", device id) when the first provider is CUDA's, else ("cpu", 0): where OrtValues live."""
+    first = providers[0] if providers else "CPUExecutionProvider"
+    if isinstance(first, tuple) and first[0] == "CUDAExecutionProvider":
+        return "cuda", int(first[1].get("device_id", 0))
+    if first == "CUDAExecutionProvider":
+        return "cuda", 0
+    return "cpu", 0

@@ -92,8 +92,22 @@ def log_iteration_lr(solver: caffe_pb2.SolverParameter, iteration: int, rate: fl
         glog.info("sgd_solver.cpp:112", f"Iteration {iteration}, lr = {caffe_float(F32(rate))}")
 
 
-def clip_gradients(params: Sequence[Param], clip: float) -> float | None:
-    """SGDSolver::ClipGradients; returns the scale factor applied, or None when none was."""
+def log_clip(l2norm: float, clip: float) -> float | None:
+    """ClipGradients' log line when the diffs' L2 norm exceeds clip; returns the scale factor or None."""
+    l2norm, clip32 = F32(l2norm), F32(clip)
+    if clip32 < 0 or not l2norm > clip32:
+        return None
+    scale = F32(clip32 / l2norm)
+    glog.info(
+        "sgd_solver.cpp:99",
+        f"Gradient clipping: scaling down gradients (L2 norm {caffe_float(l2norm)} > "
+        f"{caffe_float(clip32)}) by scale factor {caffe_float(scale)}",
+    )
+    return float(scale)
+
+
+def clip_gradients(params: Sequence[Param], clip: float, log: bool = True) -> float | None:
+    """SGDSolver::ClipGradients; returns the diffs' L2 norm when clipping is on (None when off)."""
     # ClipGradients: a negative clip_gradients (the default -1) turns clipping off.
     if clip < 0:
         return None
@@ -102,19 +116,14 @@ def clip_gradients(params: Sequence[Param], clip: float) -> float | None:
         g = p.grad.reshape(-1)
         sumsq = F32(sumsq + F32(np.dot(g, g)))
     l2norm = np.sqrt(sumsq)
-    clip32 = F32(clip)
     # ClipGradients: scale every diff by clip / ||g|| when the global L2 norm exceeds clip.
-    if not l2norm > clip32:
-        return None
-    scale = F32(clip32 / l2norm)
-    glog.info(
-        "sgd_solver.cpp:99",
-        f"Gradient clipping: scaling down gradients (L2 norm {caffe_float(l2norm)} > "
-        f"{caffe_float(clip32)}) by scale factor {caffe_float(scale)}",
-    )
-    for p in params:
-        np.multiply(p.grad, scale, out=p.grad)
-    return float(scale)
+    if l2norm > F32(clip):
+        scale = F32(F32(clip) / l2norm)
+        for p in params:
+            np.multiply(p.grad, scale, out=p.grad)
+        if log:
+            log_clip(l2norm, clip)
+    return float(l2norm)
 
 
 def normalize(p: Param, iter_size: int) -> None:
@@ -245,6 +254,16 @@ def apply_update(
     solver: caffe_pb2.SolverParameter, params: Sequence[Param], rate: float, iteration: int
 ) -> None:
     """SGDSolver::ApplyUpdate for iteration `iteration` (Caffe's iter_ before it is incremented)."""
+    log_iteration_lr(solver, iteration, rate)
+    update_values(solver, params, rate, iteration, log=True)
+
+
+def update_values(solver: caffe_pb2.SolverParameter, params: Sequence[Param], rate: float, iteration: int,
+                  log: bool = False) -> float | None:
+    """ApplyUpdate's arithmetic: clip, then per parameter normalize, regularize, the rule, data -= update.
+
+    Returns the diffs' L2 norm when clip_gradients is on (the caller logs the clipping line unless `log`).
+    """
     solver_type = resolve_solver_type(solver)
     want = HISTORY_BLOBS.get(solver_type)
     for p in params:
@@ -252,8 +271,7 @@ def apply_update(
             raise CaffeCompatError(
                 f"parameter {p.name}: {solver_type} needs {want} history blob(s), got {len(p.history)}"
             )
-    log_iteration_lr(solver, iteration, rate)
-    clip_gradients(params, solver.clip_gradients)
+    norm = clip_gradients(params, solver.clip_gradients, log=log)
 
     def update(p: Param) -> None:
         normalize(p, solver.iter_size)
@@ -270,6 +288,7 @@ def apply_update(
     else:
         for p in pieces:
             update(p)
+    return norm
 
 
 _SLICE = 1 << 20  # elements per slice: below this, threads cost more than they save
