@@ -1,14 +1,16 @@
-"""LRN, BatchNorm and MVN: forward against Caffe's formulas and OpenCV, gradients through ORT training."""
+"""LRN, BatchNorm and MVN: forward against Caffe's formulas and OpenCV, Backward against central differences
+and Caffe's own backward formulas."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from caffecompat.errors import CaffeCompatError
-from caffecompat.layers.normalization import batchnorm_update
+from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.layers.batch_norm import batchnorm_update
 from caffecompat.proto import caffe_pb2
-from tests.layer_nets import check_gradients, layer_blobs, make_net, opencv_forward, random_params, run
+from tests.gradients import check_layer_gradients, net_backward
+from tests.layer_nets import layer_blobs, make_net, opencv_forward, run
 
 RNG = np.random.default_rng(7)
 
@@ -73,15 +75,46 @@ def test_lrn_checks():
         make_net('layer { name: "n" type: "LRN" bottom: "x" top: "y" }', {"x": (2, 4)})
 
 
-@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
-def test_lrn_trains(region):
-    # A learned per-channel Scale in front: its gradient flows back through the LRN lowering.
-    x = RNG.normal(size=(2, 5, 3, 3)).astype(np.float32)
-    layers = ('layer { name: "s" type: "Scale" bottom: "x" top: "xs" }\n'
-              f'layer {{ name: "n" type: "LRN" bottom: "xs" top: "y" lrn_param {{ local_size: 3 alpha: 0.5 '
-              f'norm_region: {region} }} }}')
+@pytest.mark.parametrize("region,size,k", [("ACROSS_CHANNELS", 3, 1.0), ("ACROSS_CHANNELS", 5, 2.0),
+                                           ("ACROSS_CHANNELS", 1, 1.0), ("ACROSS_CHANNELS", 7, 1.5),
+                                           ("WITHIN_CHANNEL", 3, 1.0), ("WITHIN_CHANNEL", 5, 4.0)])
+def test_lrn_backward(region, size, k):
+    # LRNLayer::CrossChannelBackward, and for WITHIN_CHANNEL the chain of its internal layers' Backwards.
+    x = RNG.normal(size=(2, 6, 4, 3)).astype(np.float32) * 2
+    layers = (f'layer {{ name: "n" type: "LRN" bottom: "x" top: "y" lrn_param {{ local_size: {size} alpha: 0.7 '
+              f'beta: 0.8 k: {k} norm_region: {region} }} }}')
+    check_layer_gradients(make_net(layers, {"x": x.shape}, caffe_pb2.TRAIN), {}, {"x": x})
+
+
+@pytest.mark.parametrize("region,size,k", [("ACROSS_CHANNELS", 3, 1.0), ("ACROSS_CHANNELS", 5, 2.0),
+                                           ("WITHIN_CHANNEL", 3, 1.0)])
+def test_lrn_backward_precise(region, size, k):
+    # ORT has no float64 AveragePool, so the check above runs in float32 at 1e-2: here our diff meets
+    # float64 central differences of the numpy forward at 1e-4 (Caffe's LRN backward is the derivative).
+    x = RNG.normal(size=(1, 5, 3, 2)) * 2
+    dy = RNG.normal(size=x.shape)
+    layers = (f'layer {{ name: "n" type: "LRN" bottom: "x" top: "y" lrn_param {{ local_size: {size} alpha: 0.7 '
+              f'beta: 0.8 k: {k} norm_region: {region} }} }}')
     spec = make_net(layers, {"x": x.shape}, caffe_pb2.TRAIN)
-    check_gradients(spec, random_params(spec), {"x": x}, "y", ["s#0"])
+    _, _, bdiffs = net_backward(spec, {}, {"x": x}, {"y": dy})
+
+    def loss(v: np.ndarray) -> float:
+        y = lrn_across(v, size, 0.7, 0.8, k) if region == "ACROSS_CHANNELS" else lrn_within(v, size, 0.7, 0.8)
+        return float((y * dy).sum())
+
+    numeric = np.zeros(x.size)
+    for i in range(x.size):
+        step = np.zeros(x.size)
+        step[i] = 1e-6
+        numeric[i] = (loss(x + step.reshape(x.shape)) - loss(x - step.reshape(x.shape))) / 2e-6
+    close(bdiffs["x"].reshape(-1), numeric)
+
+
+def test_lrn_in_place_backward_is_refused():
+    layers = 'layer { name: "n" type: "LRN" bottom: "x" top: "x" lrn_param { local_size: 3 } }'
+    spec = make_net(layers, {"x": (1, 4, 2, 2)}, caffe_pb2.TRAIN)
+    with pytest.raises(NotSupportedError, match="in place"):
+        net_backward(spec, {}, {spec.inputs[0]: np.ones((1, 4, 2, 2), np.float32)})
 
 
 # -- BatchNorm -----------------------------------------------------------------
@@ -149,13 +182,35 @@ def test_batchnorm_use_global_stats_at_train():
     close(out["y"], x / np.sqrt(1.001))
 
 
-def test_batchnorm_trains():
-    x = RNG.normal(size=(4, 3, 2, 2)).astype(np.float32)
-    layers = ('layer { name: "s" type: "Scale" bottom: "x" top: "xs" scale_param { axis: 2 num_axes: 2 } }\n'
-              + BN.replace('bottom: "x"', 'bottom: "xs"')
-              + '\nlayer { name: "s2" type: "Scale" bottom: "y" top: "z" }')
-    spec = make_net(layers, {"x": x.shape}, caffe_pb2.TRAIN)
-    check_gradients(spec, random_params(spec), {"x": x}, "z", ["s#0", "s2#0"])
+@pytest.mark.parametrize("shape,in_place", [((4, 3, 2, 2), False), ((4, 3, 2, 2), True), ((5, 3), False),
+                                            ((6,), False)])
+def test_batchnorm_backward_batch_statistics(shape, in_place):
+    # BatchNormLayer::Backward_cpu with batch statistics: dx = (dy - mean(dy) - mean(dy * y) * y) / std,
+    # the exact derivative of the forward; in place, Caffe keeps the normalized top for it.
+    x = (RNG.normal(size=shape) * 2 + 0.5).astype(np.float32)
+    layers = BN.replace('top: "y"', 'top: "x"') if in_place else BN
+    spec = make_net(layers, {"x": shape}, caffe_pb2.TRAIN)
+    params = {"bn#0": np.zeros(spec.params["bn#0"].shape, np.float32),
+              "bn#1": np.ones(spec.params["bn#1"].shape, np.float32), "bn#2": np.ones(1, np.float32)}
+    # In place the input blob's first value has its own name.
+    ours = check_layer_gradients(spec, params, {spec.inputs[0]: x}, wrt=spec.inputs)
+    # Caffe computes no diff for the statistics blobs.
+    assert all(not ours[f"bn#{i}"].any() for i in range(3))
+
+
+@pytest.mark.parametrize("factor", [2.5, 0.0])
+def test_batchnorm_backward_global_stats(factor):
+    # use_global_stats: dx = dy / sqrt(var / factor + eps) (the stored statistics are constants).
+    x = RNG.normal(size=(2, 3, 2, 2)).astype(np.float32)
+    spec = make_net(BN.replace("eps: 0.001", "eps: 0.001 use_global_stats: true"), {"x": x.shape},
+                    caffe_pb2.TRAIN)
+    var = RNG.uniform(0.5, 2, size=3).astype(np.float32)
+    params = {"bn#0": RNG.normal(size=3).astype(np.float32), "bn#1": var, "bn#2": np.array([factor], np.float32)}
+    dy = RNG.normal(size=x.shape).astype(np.float32)
+    _, pdiffs, bdiffs = net_backward(spec, params, {"x": x}, {"y": dy})
+    s = 0.0 if factor == 0 else 1.0 / factor
+    close(bdiffs["x"], dy / np.sqrt(var * s + 0.001)[:, None, None], 1e-6)
+    check_layer_gradients(spec, params, {"x": x}, wrt=["x"])
 
 
 def test_batchnorm_update():
@@ -208,12 +263,47 @@ def test_mvn_2d_input():
     close(y, mvn(x[:, :, None, None], True, True, 1e-9)[:, :, 0, 0])
 
 
-def test_mvn_trains():
-    x = RNG.normal(size=(2, 3, 3, 3)).astype(np.float32)
-    layers = ('layer { name: "s" type: "Scale" bottom: "x" top: "xs" scale_param { axis: 2 num_axes: 2 } }\n'
-              'layer { name: "m" type: "MVN" bottom: "xs" top: "y" }')
-    spec = make_net(layers, {"x": x.shape}, caffe_pb2.TRAIN)
-    check_gradients(spec, random_params(spec), {"x": x}, "y", ["s#0"])
+MVN = 'layer {{ name: "m" type: "MVN" bottom: "x" top: "{top}" mvn_param {{ normalize_variance: {norm} ' \
+      'across_channels: {across} eps: {eps} }} }}'
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 3, 4), (3, 5)])
+@pytest.mark.parametrize("norm,across", [(True, False), (True, True), (False, False), (False, True)])
+def test_mvn_backward(shape, norm, across):
+    # With a negligible eps Caffe's backward is the derivative of its forward.
+    x = RNG.normal(size=shape).astype(np.float32)
+    layers = MVN.format(top="y", norm=str(norm).lower(), across=str(across).lower(), eps=1e-9)
+    check_layer_gradients(make_net(layers, {"x": shape}, caffe_pb2.TRAIN), {}, {"x": x})
+
+
+def mvn_backward(x: np.ndarray, dy: np.ndarray, across: bool, eps: float) -> np.ndarray:
+    """MVNLayer::Backward_cpu's rule with variance: eps enters only through the divisor std + eps."""
+    axes = (1, 2, 3) if across else (2, 3)
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    c = x - x.mean(axis=axes, keepdims=True)
+    denom = np.sqrt((c ** 2).mean(axis=axes, keepdims=True)) + eps
+    y = c / denom
+    return (dy - dy.mean(axis=axes, keepdims=True) - (dy * y).mean(axis=axes, keepdims=True) * y) / denom
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_mvn_backward_is_caffes_rule(across):
+    # With a large eps Caffe's backward is not the derivative of its forward: it must match Caffe's rule.
+    x = RNG.normal(size=(2, 3, 4, 4)).astype(np.float32) * 0.3
+    dy = RNG.normal(size=x.shape).astype(np.float32)
+    layers = MVN.format(top="y", norm="true", across=str(across).lower(), eps=0.2)
+    _, _, bdiffs = net_backward(make_net(layers, {"x": x.shape}, caffe_pb2.TRAIN), {}, {"x": x}, {"y": dy})
+    close(bdiffs["x"], mvn_backward(x, dy, across, 0.2), 1e-5)
+
+
+def test_mvn_in_place():
+    # Without variance Caffe's in-place backward is right; with variance it reads a diff it overwrote.
+    x = RNG.normal(size=(2, 3, 2, 2)).astype(np.float32)
+    spec = make_net(MVN.format(top="x", norm="false", across="false", eps=1e-9), {"x": x.shape}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, {}, {spec.inputs[0]: x})
+    spec = make_net(MVN.format(top="x", norm="true", across="false", eps=1e-9), {"x": x.shape}, caffe_pb2.TRAIN)
+    with pytest.raises(NotSupportedError, match="in place"):
+        net_backward(spec, {}, {spec.inputs[0]: x})
 
 
 # -- golden: one TRAIN forward/backward of train/net_bn.prototxt by Caffe ---------------------------
@@ -225,7 +315,7 @@ def test_batchnorm_training_matches_caffe(golden):
     from caffecompat.formats.net import read_net_prototxt
     from caffecompat.net.export import export
     from caffecompat.net.spec import build
-    from tests.gradients import ort_gradients
+    from caffecompat.runtime.forward import forward_loss
 
     train = golden / "train"
     names = (train / "grad_bn" / "blob_names.txt").read_text().split()
@@ -255,17 +345,17 @@ def test_batchnorm_training_matches_caffe(golden):
         close(np.reshape(res[spec.blob_values[b]], blobs[b].shape), blobs[b], 1e-5)
 
     for layer in ("bn1", "bn2"):
-        stats = {what: res[v] for v, (name, what) in exported.side_outputs.items() if name == layer}
+        stats = {what: res[v] for v, (index, what) in exported.side_outputs.items() if index == spec.layer(layer).index}
         shape = spec.layer(layer).bottom_shapes[0]
         updated = [blob_to_array(b).copy() for b in init[layer]]
         batchnorm_update(updated, stats["mean"], stats["variance"], int(np.prod(shape)) // shape[1], 0.999)
         for i in range(3):
             close(updated[i], blob_to_array(after[layer][i]), 1e-5)
 
-    model = export(spec, params=params, training=True, loss_output=True, outputs=[]).model
-    trainable = [p for p, info in spec.params.items() if info.lr_mult != 0]
-    loss, grads = ort_gradients(model, [feeds[n] for n in spec.inputs], trainable)
+    outputs, grads, _ = net_backward(spec, params, feeds, force_backward=spec.force_backward)
+    loss = float(forward_loss(spec, outputs))
     assert abs(loss - float((train / "grad_bn" / "loss.txt").read_text())) < 1e-5 * abs(loss)
+    trainable = [p for p, info in spec.params.items() if info.lr_mult != 0]
     for p in trainable:
         layer, i = p.split("#")
         caffe = blob_to_array(after[layer][int(i)], diff=True).reshape(grads[p].shape)
@@ -275,15 +365,11 @@ def test_batchnorm_training_matches_caffe(golden):
 
 
 def test_mvn_constant_plane_gradient_is_finite():
-    from caffecompat.net.export import export
-    from tests.gradients import ort_gradients
-    from tests.layer_nets import with_loss
+    # A constant plane has variance 0: Caffe divides by 0 + eps, finite.
     x = np.ones((1, 2, 3, 3), np.float32)
-    layers = ('layer { name: "s" type: "Scale" bottom: "x" top: "xs" }\n'
-              'layer { name: "m" type: "MVN" bottom: "xs" top: "y" }')
-    spec = make_net(layers, {"x": x.shape}, caffe_pb2.TRAIN)
-    y = run(spec, {"s#0": np.ones(2, np.float32)}, {"x": x}, ["y"])["y"]
-    np.testing.assert_array_equal(y, 0)
-    model = export(spec, params={"s#0": np.ones(2, np.float32)}, outputs=["y"], training=True).model
-    _, grads = ort_gradients(with_loss(model, "y", spec.shapes["y"]), [x], ["s#0"])
-    assert np.all(np.isfinite(grads["s#0"]))
+    spec = make_net('layer { name: "m" type: "MVN" bottom: "x" top: "y" }', {"x": x.shape}, caffe_pb2.TRAIN)
+    dy = RNG.normal(size=x.shape).astype(np.float32)
+    out, _, bdiffs = net_backward(spec, {}, {"x": x}, {"y": dy})
+    np.testing.assert_array_equal(out["y"], 0)
+    assert np.all(np.isfinite(bdiffs["x"]))
+    close(bdiffs["x"], (dy - dy.mean(axis=(2, 3), keepdims=True)) / 1e-9, 1e-5)

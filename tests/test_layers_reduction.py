@@ -1,4 +1,5 @@
-"""ArgMax (Caffe's shapes with and without axis, tie order) and Reduction (SUM, ASUM, SUMSQ, MEAN)."""
+"""ArgMax (Caffe's shapes with and without axis, tie order, no Backward) and Reduction (SUM, ASUM, SUMSQ, MEAN;
+Forward and Backward)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 
 from caffecompat.errors import CaffeCompatError
-from tests.layer_nets import check_all_gradients, forward, make_data_net, relative_error
+from caffecompat.proto import caffe_pb2
+from tests.gradients import net_backward
+from tests.layer_nets import check_all_gradients, forward, make_data_net, make_net, relative_error
 
 SHAPE = (2, 3, 2, 2)
 
@@ -58,8 +61,9 @@ def test_argmax_errors():
         _argmax("top_k: 13", x)
 
 
-@pytest.mark.parametrize("op, axis, coeff", [("SUM", 0, 1), ("ASUM", 1, 2), ("SUMSQ", 2, 0.5), ("MEAN", -1, 3),
-                                             ("MEAN", 1, 1)])
+@pytest.mark.parametrize("op, axis, coeff", [("SUM", 0, 1), ("SUM", 2, -0.5), ("ASUM", 1, 2), ("ASUM", 0, 1),
+                                             ("SUMSQ", 2, 0.5), ("SUMSQ", 3, 1), ("MEAN", -1, 3), ("MEAN", 1, 1),
+                                             ("MEAN", 0, 0.7)])
 def test_reduction_forward_and_gradient(op, axis, coeff):
     x = np.random.default_rng(2).normal(size=SHAPE).astype(np.float32)
     x = np.where(np.abs(x) < 0.1, 0.5, x).astype(np.float32)  # ASUM: no entry near the kink of |x|
@@ -75,6 +79,36 @@ def test_reduction_forward_and_gradient(op, axis, coeff):
     assert ours.shape == SHAPE[:a]
     assert relative_error(ours, want) < 1e-5
     check_all_gradients(spec, params, {"data": x}, "top")
+
+
+@pytest.mark.parametrize("op", ["SUM", "ASUM", "SUMSQ", "MEAN"])
+def test_reduction_backward_is_caffes(op):
+    # ReductionLayer::Backward_cpu: top_diff * coeff_ spread over the reduced entries, times sign(x) for ASUM
+    # (sign(0) = 0, where |x| has no derivative) or 2x for SUMSQ; coeff_ is coeff / count for MEAN.
+    x = np.random.default_rng(3).normal(size=SHAPE).astype(np.float32)
+    x[0, 1, 0, 1] = x[1, 2, 1, 0] = 0.0
+    spec = make_net(f'layer {{ name: "r" type: "Reduction" bottom: "x" top: "r" '
+                    f'reduction_param {{ operation: {op} axis: 2 coeff: 1.5 }} }}', {"x": SHAPE}, caffe_pb2.TRAIN)
+    dy = np.random.default_rng(4).normal(size=SHAPE[:2]).astype(np.float32)
+    _, _, diffs = net_backward(spec, {}, {"x": x}, {"r": dy})
+    coeff = np.float32(1.5) / np.float32(4) if op == "MEAN" else np.float32(1.5)
+    spread = np.broadcast_to((dy * coeff)[:, :, None, None], SHAPE)
+    want = {"SUM": spread, "MEAN": spread, "ASUM": np.sign(x) * spread, "SUMSQ": 2 * spread * x}[op]
+    np.testing.assert_allclose(diffs["x"], want, rtol=1e-6, atol=0)
+    if op == "ASUM":
+        assert diffs["x"][0, 1, 0, 1] == 0 and diffs["x"][1, 2, 1, 0] == 0
+
+
+def test_argmax_has_no_backward():
+    layers = 'layer { name: "am" type: "ArgMax" bottom: "x" top: "am" argmax_param { top_k: 2 axis: 1 } }'
+    spec = make_net(layers, {"x": SHAPE}, caffe_pb2.TRAIN)
+    x = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    # ArgMaxLayer::Backward_cpu is NOT_IMPLEMENTED: force_backward asking for its bottom's diff is an error.
+    with pytest.raises(CaffeCompatError, match="'am'.*no Backward"):
+        net_backward(spec, {}, {"x": x})
+    # Without force_backward nothing needs it: the pass runs and the input's diff stays zero.
+    _, _, diffs = net_backward(spec, {}, {"x": x}, force_backward=False)
+    assert not diffs["x"].any()
 
 
 def test_reduction_axis_out_of_range():

@@ -1,4 +1,4 @@
-"""Scale and Bias: Caffe's broadcasting rules (axis, num_axes, second bottom), fillers, gradients."""
+"""Scale and Bias: Caffe's broadcasting rules (axis, num_axes, second bottom), fillers, Backward."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from caffecompat.errors import CaffeCompatError
 from caffecompat.net.weights import init_params
 from caffecompat.proto import caffe_pb2
-from tests.layer_nets import check_gradients, layer_blobs, make_net, opencv_forward, random_params, run
+from tests.gradients import check_layer_gradients, net_backward
+from tests.layer_nets import layer_blobs, make_net, opencv_forward, random_params, run
 
 RNG = np.random.default_rng(3)
 X = (2, 3, 4, 5)
@@ -110,9 +111,82 @@ def test_bias_two_bottoms():
     close(run(spec, {}, {"x": x, "m": b}, ["y"])["y"], x + b)
 
 
-def test_scale_and_bias_train():
+G = (2, 3, 2, 3)
+
+
+@pytest.mark.parametrize("axis,num_axes", [(1, 1), (0, -1), (-2, 2), (2, 0), (0, 2), (1, -1), (3, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_scale_learned_backward(axis, num_axes, bias):
+    # ScaleLayer::Backward_cpu: dx = dy * scale; scale diff = dy * x summed outside the scale axes;
+    # the internal Bias layer's diff = dy summed likewise.
+    x = RNG.normal(size=G).astype(np.float32)
+    layers = f'layer {{ name: "s" type: "Scale" bottom: "x" top: "y" scale_param {{ axis: {axis} ' \
+             f'num_axes: {num_axes} bias_term: {str(bias).lower()} }} }}'
+    spec = make_net(layers, {"x": G}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, random_params(spec), {"x": x})
+
+
+@pytest.mark.parametrize("axis,shape", [(1, (3, 2)), (0, (2,)), (3, (3,)), (1, ()), (-3, (3,)), (0, G)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_scale_two_bottoms_backward(axis, shape, bias):
+    # The scale is bottom 1: its diff is computed like the learned scale's; the bias stays a parameter.
+    x = RNG.normal(size=G).astype(np.float32)
+    m = RNG.normal(size=shape).astype(np.float32)
+    layers = f'layer {{ name: "s" type: "Scale" bottom: "x" bottom: "m" top: "y" scale_param {{ axis: {axis} ' \
+             f'bias_term: {str(bias).lower()} }} }}'
+    spec = make_net(layers, {"x": G, "m": shape}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, random_params(spec), {"x": x, "m": m})
+
+
+def test_scale_in_place_backward():
+    # In place, Caffe keeps a copy of the bottom for the scale diff.
+    x = RNG.normal(size=G).astype(np.float32)
+    spec = make_net('layer { name: "s" type: "Scale" bottom: "x" top: "x" scale_param { bias_term: true } }',
+                    {"x": G}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, random_params(spec), {spec.inputs[0]: x})
+
+
+def test_scale_backward_values():
+    # The numbers themselves: dx = dy * s, ds = sum(dy * x), db = sum(dy), over axes 0, 2, 3.
+    x = RNG.normal(size=G).astype(np.float32)
+    dy = RNG.normal(size=G).astype(np.float32)
+    spec = make_net('layer { name: "s" type: "Scale" bottom: "x" top: "y" scale_param { bias_term: true } }',
+                    {"x": G}, caffe_pb2.TRAIN)
+    params = random_params(spec)
+    _, pdiffs, bdiffs = net_backward(spec, params, {"x": x}, {"y": dy})
+    close(bdiffs["x"], dy * expand(params["s#0"], 1, 4))
+    close(pdiffs["s#0"], (dy * x).sum(axis=(0, 2, 3)))
+    close(pdiffs["s#1"], dy.sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("axis,num_axes", [(1, 1), (2, -1), (0, 0), (0, -1)])
+def test_bias_learned_backward(axis, num_axes):
+    # BiasLayer::Backward_cpu: dx = dy, bias diff = dy summed outside the bias axes.
+    x = RNG.normal(size=G).astype(np.float32)
+    layers = f'layer {{ name: "b" type: "Bias" bottom: "x" top: "y" bias_param {{ axis: {axis} ' \
+             f'num_axes: {num_axes} }} }}'
+    spec = make_net(layers, {"x": G}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, random_params(spec), {"x": x})
+
+
+@pytest.mark.parametrize("axis,shape", [(2, (2, 3)), (0, (2,)), (1, ())])
+def test_bias_two_bottoms_backward(axis, shape):
+    x = RNG.normal(size=G).astype(np.float32)
+    b = RNG.normal(size=shape).astype(np.float32)
+    layers = f'layer {{ name: "b" type: "Bias" bottom: "x" bottom: "m" top: "y" bias_param {{ axis: {axis} }} }}'
+    spec = make_net(layers, {"x": G, "m": shape}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, {}, {"x": x, "m": b})
+
+
+def test_bias_in_place_backward():
+    x = RNG.normal(size=G).astype(np.float32)
+    spec = make_net('layer { name: "b" type: "Bias" bottom: "x" top: "x" }', {"x": G}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, random_params(spec), {spec.inputs[0]: x})
+
+
+def test_scale_and_bias_chain_backward():
     x = RNG.normal(size=(2, 3, 2, 2)).astype(np.float32)
     layers = ('layer { name: "s" type: "Scale" bottom: "x" top: "y" scale_param { axis: 1 num_axes: 2 '
               'bias_term: true } }\nlayer { name: "b" type: "Bias" bottom: "y" top: "z" bias_param { axis: 3 } }')
     spec = make_net(layers, {"x": x.shape}, caffe_pb2.TRAIN)
-    check_gradients(spec, random_params(spec), {"x": x}, "z", ["s#0", "s#1", "b#0"])
+    check_layer_gradients(spec, random_params(spec), {"x": x})

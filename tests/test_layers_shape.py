@@ -1,4 +1,4 @@
-"""Shape layers: Concat, Slice, Flatten, Reshape, Crop, Tile, Silence (shapes, forward, gradients, errors)."""
+"""Shape layers: Concat, Slice, Flatten, Reshape, Crop, Tile, Silence (shapes, forward, Backward, errors)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from caffecompat.errors import CaffeCompatError
-from tests.layer_nets import check_all_gradients, forward, layer_blobs, make_data_net, opencv_forward, relative_error
+from caffecompat.proto import caffe_pb2
+from tests.gradients import check_layer_gradients, net_backward
+from tests.layer_nets import (
+    check_all_gradients,
+    forward,
+    layer_blobs,
+    make_data_net,
+    make_net,
+    opencv_forward,
+    random_params,
+    relative_error,
+)
 
 SHAPE = (2, 3, 6, 5)
 
@@ -81,6 +92,110 @@ layer { name: "top" type: "Crop" bottom: "c" bottom: "b" top: "top" crop_param {
     spec, params = make_data_net(net, (2, 2, 3, 3))
     grads = check_all_gradients(spec, params, {"data": _x((2, 2, 3, 3))}, "top")
     assert grads["data"].shape == (2, 2, 3, 3)
+
+
+def _grad_check(layers: str, inputs: dict[str, tuple[int, ...]], tops: list[str]) -> dict[str, np.ndarray]:
+    """Our Backward of sum(top * R) over `tops` against central differences, w.r.t. every input."""
+    spec = make_net(layers, inputs, caffe_pb2.TRAIN)
+    feeds = {n: _x(s, seed=i) for i, (n, s) in enumerate(inputs.items())}
+    return check_layer_gradients(spec, {}, feeds, tops)
+
+
+@pytest.mark.parametrize("param, shapes", [
+    ("axis: 1", [(2, 1, 3), (2, 3, 3), (2, 2, 3)]),
+    ("axis: -1", [(2, 3, 1), (2, 3, 2)]),
+    ("concat_dim: 0", [(1, 2, 2), (3, 2, 2)]),
+    ("axis: 2", [(2, 3, 2)]),  # one bottom: its diff is the top's
+])
+def test_concat_backward(param, shapes):
+    names = [f"x{i}" for i in range(len(shapes))]
+    bottoms = " ".join(f'bottom: "{n}"' for n in names)
+    grads = _grad_check(f'layer {{ name: "c" type: "Concat" {bottoms} top: "c" concat_param {{ {param} }} }}',
+                        dict(zip(names, shapes)), ["c"])
+    assert [grads[n].shape for n in names] == shapes
+
+
+@pytest.mark.parametrize("param, tops", [
+    ("axis: 1 slice_point: 1 slice_point: 3", 3),
+    ("axis: -1", 2),
+    ("slice_dim: 0 slice_point: 2", 2),
+    ("axis: 2", 1),  # one top: its diff is the bottom's
+])
+def test_slice_backward(param, tops):
+    names = " ".join(f'top: "s{i}"' for i in range(tops))
+    _grad_check(f'layer {{ name: "s" type: "Slice" bottom: "x" {names} slice_param {{ {param} }} }}',
+                {"x": (3, 4, 2, 4)}, [f"s{i}" for i in range(tops)])
+
+
+@pytest.mark.parametrize("layer", [
+    'type: "Flatten"',
+    'type: "Flatten" flatten_param { axis: 2 end_axis: -1 }',
+    'type: "Flatten" flatten_param { axis: 0 end_axis: 1 }',
+    'type: "Reshape" reshape_param { shape { dim: 0 dim: -1 dim: 2 } }',
+    'type: "Reshape" reshape_param { axis: 1 num_axes: 2 shape { dim: 6 dim: 1 } }',
+])
+def test_flatten_reshape_backward(layer):
+    grads = _grad_check(f'layer {{ name: "r" {layer} bottom: "x" top: "r" }}', {"x": (2, 3, 2, 2)}, ["r"])
+    assert grads["x"].shape == (2, 3, 2, 2)
+
+
+@pytest.mark.parametrize("param, ref", [
+    ("axis: 2 offset: 1", (1, 1, 2, 3)),
+    ("axis: 1 offset: 0 offset: 1 offset: 2", (1, 2, 3, 2)),
+    ("axis: -1", (1, 1, 1, 3)),
+    ("axis: 0", (2, 3, 4, 5)),  # nothing cropped
+])
+def test_crop_backward(param, ref):
+    layers = f'layer {{ name: "c" type: "Crop" bottom: "x" bottom: "r" top: "c" crop_param {{ {param} }} }}'
+    grads = _grad_check(layers, {"x": (2, 3, 4, 5), "r": ref}, ["c"])
+    # CropLayer writes no diff to the reference bottom, even under force_backward.
+    assert not grads["r"].any()
+
+
+@pytest.mark.parametrize("param", ["axis: 1 tiles: 3", "axis: 0 tiles: 2", "axis: -1 tiles: 4", "axis: 2 tiles: 1"])
+def test_tile_backward(param):
+    _grad_check(f'layer {{ name: "t" type: "Tile" bottom: "x" top: "t" tile_param {{ {param} }} }}',
+                {"x": (2, 3, 2)}, ["t"])
+
+
+def test_tile_backward_sums_the_copies():
+    spec = make_net('layer { name: "t" type: "Tile" bottom: "x" top: "t" tile_param { axis: 1 tiles: 3 } }',
+                    {"x": (2, 2, 3)}, caffe_pb2.TRAIN)
+    dy = _x((2, 6, 3), seed=3)
+    _, _, diffs = net_backward(spec, {}, {"x": _x((2, 2, 3))}, {"t": dy})
+    np.testing.assert_allclose(diffs["x"], dy.reshape(2, 3, 2, 3).sum(axis=1), rtol=1e-6)
+
+
+def test_silence_backward_gives_zero_diffs():
+    layers = """
+layer { name: "ab" type: "Slice" bottom: "x" top: "a" top: "b" slice_param { axis: 1 } }
+layer { name: "s" type: "Silence" bottom: "b" bottom: "y" }
+"""
+    grads = _grad_check(layers, {"x": (2, 4, 3), "y": (3,)}, ["a"])
+    assert not grads["x"][:, 2:].any() and not grads["y"].any() and grads["x"][:, :2].all()
+
+
+def propagate_down_diffs(layer: str, shapes: list[tuple[int, ...]], propagate: list[bool]) -> list[np.ndarray]:
+    """Blob diffs of the bottoms of `layer` (bottoms b0, b1, ...; top "t") under the given propagate_down,
+    without force_backward: each bottom comes from an InnerProduct (so it needs a diff), the loss is 2 * sum(t)."""
+    ips = "".join(f'layer {{ name: "ip{i}" type: "InnerProduct" bottom: "x" top: "b{i}" inner_product_param {{ '
+                  f'num_output: {int(np.prod(s))} weight_filler {{ type: "gaussian" }} }} }}\n'
+                  f'layer {{ name: "r{i}" type: "Reshape" bottom: "b{i}" top: "rb{i}" reshape_param {{ shape {{ '
+                  + " ".join(f"dim: {d}" for d in s) + " } } }\n" for i, s in enumerate(shapes))
+    bottoms = " ".join(f'bottom: "rb{i}"' for i in range(len(shapes)))
+    flags = " ".join(f"propagate_down: {str(p).lower()}" for p in propagate)
+    net = (ips + f'layer {{ name: "l" {layer} {bottoms} top: "t" {flags} }}\n'
+           'layer { name: "loss" type: "Reduction" bottom: "t" top: "loss" loss_weight: 2 }')
+    spec = make_net(net, {"x": (1, 2)}, caffe_pb2.TRAIN)
+    params = {k: _x(v.shape, seed=4 + i) for i, (k, v) in enumerate(random_params(spec).items())}
+    _, _, diffs = net_backward(spec, params, {"x": _x((1, 2))}, force_backward=False)
+    return [diffs[f"rb{i}"] for i in range(len(shapes))]
+
+
+def test_concat_propagate_down_false_leaves_a_zero_diff():
+    dx, dy = propagate_down_diffs('type: "Concat"', [(2, 3), (2, 2)], [False, True])
+    assert not dx.any()
+    np.testing.assert_array_equal(dy, np.full((2, 2), 2, np.float32))
 
 
 @pytest.mark.parametrize("layer, message", [

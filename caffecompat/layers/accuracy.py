@@ -1,6 +1,7 @@
 """Accuracy: the fraction of positions whose label is among the top_k scores; optional per-class top.
 
-Not part of the backward pass: its tops carry no loss weight, so ORT never differentiates it.
+No Backward (AccuracyLayer::Backward_cpu is NOT_IMPLEMENTED): its tops carry no loss weight, so
+Net::Init leaves it out of the backward pass, and force_backward on a net holding it is an error.
 """
 
 from __future__ import annotations
@@ -8,15 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from caffecompat.layers.graph import FLOAT, GraphBuilder
-from caffecompat.layers.losses import (
+from caffecompat.layers.loss import (
     _class_last,
     _int_labels,
     _one_hot,
-    _reduce_sum,
     _require_opset,
     _split_axis,
     _valid_mask,
 )
+from caffecompat.layers.ops import reduce_sum
 from caffecompat.layers.registry import Layer, LayerNode, Shape, register
 
 
@@ -27,6 +28,7 @@ class Accuracy(Layer):
     min_bottoms = max_bottoms = 2
     min_tops = 1
     max_tops = 2
+    has_backward = False
 
     def top_shapes(self, node: LayerNode) -> list[Shape]:
         p = node.param.accuracy_param
@@ -49,22 +51,22 @@ class Accuracy(Layer):
         true_score = g.op1("GatherElements", [x3, index], axis=2)
         # Forward_cpu: a hit when the scores >= the label's score (the label's own included) number at
         # most top_k, i.e. ties count against the label.
-        at_least = _reduce_sum(g, g.op1("Cast", [g.op1("GreaterOrEqual", [x3, true_score])], to=FLOAT), [2])
+        at_least = reduce_sum(g, g.op1("Cast", [g.op1("GreaterOrEqual", [x3, true_score])], to=FLOAT), [2])
         hit = g.op1("Cast", [g.op1("LessOrEqual", [at_least, g.scalar(float(p.top_k))])], to=FLOAT)
         ignore = p.ignore_label if p.HasField("ignore_label") else None
         valid = _valid_mask(g, g.op1("Reshape", [labels, g.ints([outer, inner])]), ignore)
         if valid is not None:
             hit = g.op1("Mul", [hit, valid])
-            count = _reduce_sum(g, valid)
+            count = reduce_sum(g, valid)
         else:
             count = g.scalar(float(outer * inner))
         # accuracy / count, and 0 when every position was ignored.
-        g.op1("Div", [_reduce_sum(g, hit), g.op1("Max", [count, g.scalar(1.0)])], node.tops[0])
+        g.op1("Div", [reduce_sum(g, hit), g.op1("Max", [count, g.scalar(1.0)])], node.tops[0])
         if len(node.tops) > 1:
             # Per class: hits / positions labelled with that class (0 for a class never seen).
             counted = one_hot if valid is None else g.op1("Mul", [one_hot, g.op1("Unsqueeze", [valid, g.ints([2])])])
-            per_class_total = _reduce_sum(g, counted, [0, 1])
-            per_class_hits = _reduce_sum(g, g.op1("Mul", [counted, g.op1("Unsqueeze", [hit, g.ints([2])])]), [0, 1])
+            per_class_total = reduce_sum(g, counted, [0, 1])
+            per_class_hits = reduce_sum(g, g.op1("Mul", [counted, g.op1("Unsqueeze", [hit, g.ints([2])])]), [0, 1])
             g.op1("Div", [per_class_hits, g.op1("Max", [per_class_total, g.scalar(1.0)])], node.tops[1])
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from caffecompat.errors import NotSupportedError
 from caffecompat.layers.graph import INT64, GraphBuilder
-from caffecompat.layers.registry import Layer, LayerNode, Shape, register
+from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
 from caffecompat.net.fillers import fill
 
 
@@ -49,7 +50,29 @@ class Embed(Layer):
         # to input_dim instead: Gather then fails with an out-of-bounds error, as it does for >= input_dim.
         negative = g.op1("Less", [index, g.const(np.int64(0), np.int64)])
         index = g.op1("Where", [negative, g.const(np.int64(k), np.int64), index])
+        g.stash(node, "index", index)
         bias = node.param.embed_param.bias_term
         rows = g.op1("Gather", [g.param(node, 0), index], None if bias else node.tops[0], axis=0)
         if bias:
             g.op1("Add", [rows, g.param(node, 1)], node.tops[0])
+
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        if d.need_bottom[0]:
+            # EmbedLayer::Backward_cpu aborts: "Can't backpropagate to EmbedLayer input."
+            raise node.error("Caffe can't backpropagate to an Embed layer's input: the net must not set "
+                             "force_backward, and a bottom computed by layers that need backward needs "
+                             "propagate_down: false")
+        if not any(d.need_param):
+            return
+        if g.opset < 16:
+            raise NotSupportedError(f"backward of layer {node.label} of type Embed before opset 16 "
+                                    "(ScatterND with reduction): export with opset >= 16")
+        k, n = self._dims(node)
+        dy = g.op1("Reshape", [d.top[0], g.ints([-1, n])])
+        if d.need_param[0]:
+            # The weight diff: each top row added into the row of its index, in order.
+            index = g.op1("Reshape", [g.stashed(node, "index"), g.ints([-1, 1])])
+            d.param[0] = g.op1("ScatterND", [g.zeros((k, n)), index, dy], reduction="add")
+        if node.param.embed_param.bias_term and d.need_param[1]:
+            # The bias diff: the top diff summed over every index.
+            d.param[1] = g.op1("ReduceSum", [dy, g.ints([0])], keepdims=0)

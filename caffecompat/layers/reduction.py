@@ -1,22 +1,16 @@
-"""Reductions: ArgMax (top-k indices and values) and Reduction (SUM, ASUM, SUMSQ, MEAN over the tail axes)."""
+"""Reductions: ArgMax (top-k indices and values; no Backward) and Reduction (SUM, ASUM, SUMSQ, MEAN over the tail
+axes, Forward and Backward)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from caffecompat.layers.graph import FLOAT, GraphBuilder
-from caffecompat.layers.registry import Layer, LayerNode, Shape, register
-from caffecompat.layers.shape import canonical_axis
+from caffecompat.layers.ops import canonical_axis, reduce_sum
+from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
 from caffecompat.proto import caffe_pb2
 
 ReductionOp = caffe_pb2.ReductionParameter
-
-
-def reduce_sum(g: GraphBuilder, x: str, axes: list[int], output: str | None = None, keepdims: int = 0) -> str:
-    """ReduceSum over `axes` (an input since opset 13, an attribute before)."""
-    if g.opset >= 13:
-        return g.op1("ReduceSum", [x, g.ints(axes)], output, keepdims=keepdims)
-    return g.op1("ReduceSum", [x], output, axes=axes, keepdims=keepdims)
 
 
 @register("ArgMax")
@@ -25,6 +19,8 @@ class ArgMax(Layer):
 
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
+    # ArgMaxLayer::Backward_cpu is NOT_IMPLEMENTED.
+    has_backward = False
 
     def _axis(self, node: LayerNode) -> int | None:
         p = node.param.argmax_param
@@ -91,24 +87,50 @@ class Reduction(Layer):
     def top_shapes(self, node: LayerNode) -> list[Shape]:
         return [node.bottom_shapes[0][:self._axis(node)]]
 
+    def _coeff(self, node: LayerNode) -> float:
+        """ReductionLayer's coeff_ (float32): coeff, divided by the reduced count for MEAN."""
+        p = node.param.reduction_param
+        coeff = np.float32(p.coeff)
+        if p.operation == ReductionOp.MEAN:
+            s = node.bottom_shapes[0]
+            coeff = coeff / np.float32(np.prod(s[self._axis(node):], dtype=np.int64))
+        elif p.operation not in (ReductionOp.SUM, ReductionOp.ASUM, ReductionOp.SUMSQ):
+            raise node.error(f"unknown reduction_param.operation {p.operation}")
+        return float(coeff)
+
     def lower(self, node: LayerNode, g: GraphBuilder) -> None:
         p = node.param.reduction_param
         s = node.bottom_shapes[0]
         axis = self._axis(node)
         x = node.bottoms[0]
-        coeff = float(np.float32(p.coeff))
+        coeff = self._coeff(node)
         if p.operation == ReductionOp.ASUM:
             x = g.op1("Abs", [x])
         elif p.operation == ReductionOp.SUMSQ:
-            # Pow, not Mul(x, x): ORT's gradient builder defines x's gradient twice for Mul(x, x).
-            x = g.op1("Pow", [x, g.scalar(2.0)])
-        elif p.operation == ReductionOp.MEAN:
-            # ReductionLayer::Reshape: MEAN is SUM with coeff divided by the reduced count.
-            coeff = float(np.float32(coeff) / np.float32(np.prod(s[axis:], dtype=np.int64)))
-        elif p.operation != ReductionOp.SUM:
-            raise node.error(f"unknown reduction_param.operation {p.operation}")
+            x = g.op1("Mul", [x, x])
         axes = list(range(axis, len(s)))
         if coeff == 1.0:
             reduce_sum(g, x, axes, node.tops[0])
         else:
             g.op1("Mul", [reduce_sum(g, x, axes), g.scalar(coeff)], node.tops[0])
+
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        if not d.need_bottom[0]:
+            return
+        p = node.param.reduction_param
+        s = node.bottom_shapes[0]
+        axis = self._axis(node)
+        coeff = self._coeff(node)
+        # ReductionLayer::Backward_cpu: each reduced entry gets top_diff * coeff_, times sign(x) for ASUM
+        # (sign(0) = 0) and times 2x for SUMSQ; top_diff is broadcast over the reduced axes.
+        if p.operation == ReductionOp.SUMSQ:
+            coeff *= 2.0  # exact in float32: (2 * top_diff * coeff_) * x is Caffe's rounding
+        dy = d.top[0]
+        scaled = dy if coeff == 1.0 else g.op1("Mul", [dy, g.scalar(coeff)])
+        per_entry = g.op1("Reshape", [scaled, g.ints([*s[:axis], *[1] * (len(s) - axis)])])
+        if p.operation == ReductionOp.ASUM:
+            d.bottom[0] = g.op1("Mul", [g.op1("Sign", [node.bottoms[0]]), per_entry])
+        elif p.operation == ReductionOp.SUMSQ:
+            d.bottom[0] = g.op1("Mul", [per_entry, node.bottoms[0]])
+        else:
+            d.bottom[0] = g.op1("Expand", [per_entry, g.ints(s)])

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from caffecompat.layers.graph import GraphBuilder
-from caffecompat.layers.registry import Layer, LayerNode, Shape, register
+from caffecompat.layers.ops import reduce_sum
+from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
 from caffecompat.net.fillers import fill
 from caffecompat.proto import caffe_pb2
 
@@ -54,6 +55,17 @@ def broadcast(g: GraphBuilder, value: str, operand: Shape, axis: int, ndim: int)
     if len(operand) == 0 or trailing == 0:
         return value  # numpy broadcasting aligns trailing axes already
     return g.op1("Reshape", [value, g.ints(list(operand) + [1] * trailing)])
+
+
+def sum_to_operand(g: GraphBuilder, value: str, shape: Shape, operand: Shape, axis: int) -> str:
+    """`value` (shaped like bottom 0) summed over every axis outside the operand's, shaped like the operand:
+    Caffe's outer x operand x inner sums of Scale/BiasLayer::Backward."""
+    if tuple(operand) == tuple(shape):
+        return value
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + len(operand):], dtype=np.int64))
+    view = g.op1("Reshape", [value, g.ints([outer, int(np.prod(operand, dtype=np.int64)), inner])])
+    return g.op1("Reshape", [reduce_sum(g, view, [0, 2], keepdims=1), g.ints(list(operand))])
 
 
 @register("Scale")
@@ -112,6 +124,29 @@ class Scale(Layer):
             bias = broadcast(g, g.param(node, len(node.param_shapes) - 1), bias_shape, bias_axis, ndim)
             g.op1("Add", [out, bias], node.tops[0])
 
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        p = node.param.scale_param
+        shape = node.bottom_shapes[0]
+        operand = self._operand(node)
+        axis = operand_axis(node, p.axis, operand, "scale")
+        dy = d.top[0]
+        if p.bias_term and d.need_param[-1]:
+            # ScaleLayer's internal Bias layer: the bias diff is dy summed outside the bias axes.
+            bias_shape = node.param_shapes[-1]
+            d.param[-1] = sum_to_operand(g, dy, shape, bias_shape, operand_axis(node, p.axis, bias_shape, "bias"))
+        two_bottoms = len(node.bottoms) > 1
+        if d.need_bottom[1] if two_bottoms else d.need_param[0]:
+            # ScaleLayer::Backward_cpu: the scale diff is dy * x (x the bottom before an in-place forward)
+            # summed outside the scale axes.
+            scale_diff = sum_to_operand(g, g.op1("Mul", [dy, node.bottoms[0]]), shape, operand, axis)
+            if two_bottoms:
+                d.bottom[1] = scale_diff
+            else:
+                d.param[0] = scale_diff
+        if d.need_bottom[0]:
+            scale = node.bottoms[1] if two_bottoms else g.param(node, 0)
+            d.bottom[0] = g.op1("Mul", [dy, broadcast(g, scale, operand, axis, len(shape))])
+
 
 @register("Bias")
 class Bias(Layer):
@@ -148,3 +183,18 @@ class Bias(Layer):
         bias = node.bottoms[1] if len(node.bottoms) > 1 else g.param(node, 0)
         g.op1("Add", [node.bottoms[0], broadcast(g, bias, operand, axis, len(node.bottom_shapes[0]))],
               node.tops[0])
+
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        p = node.param.bias_param
+        operand = self._operand(node)
+        # BiasLayer::Backward_cpu: dx = dy; the bias diff (parameter or bottom 1) is dy summed outside its axes.
+        if d.need_bottom[0]:
+            d.bottom[0] = d.top[0]
+        two_bottoms = len(node.bottoms) > 1
+        if d.need_bottom[1] if two_bottoms else d.need_param[0]:
+            shape = node.bottom_shapes[0]
+            bias_diff = sum_to_operand(g, d.top[0], shape, operand, operand_axis(node, p.axis, operand, "bias"))
+            if two_bottoms:
+                d.bottom[1] = bias_diff
+            else:
+                d.param[0] = bias_diff

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from caffecompat.layers.graph import GraphBuilder
-from caffecompat.layers.registry import Layer, LayerNode, Shape, register
+from caffecompat.layers.ops import reduce_sum
+from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
 
 
 def softmax_axis(node: LayerNode) -> int:
@@ -39,3 +40,11 @@ class Softmax(Layer):
         moved = g.op1("Transpose", [node.bottoms[0]], perm=perm)
         soft = g.op1("Softmax", [moved], axis=ndim - 1)
         g.op1("Transpose", [soft], node.tops[0], perm=back)
+
+    def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
+        if not d.need_bottom[0]:
+            return
+        # SoftmaxLayer::Backward_cpu: dx = (dy - sum(dy * y) along the axis) * y.
+        y, dy = node.tops[0], d.top[0]
+        dot = reduce_sum(g, g.op1("Mul", [dy, y]), [softmax_axis(node)], keepdims=1)
+        d.bottom[0] = g.op1("Mul", [g.op1("Sub", [dy, dot]), y])
