@@ -6,26 +6,36 @@ parameters by layer name (Net::CopyTrainedLayersFrom) and exports an ONNX model
 whose parameters are initializers. Graph inputs are the net's input blobs and
 graph outputs carry Caffe blob names: a blob rewritten in place is output
 under its Caffe name holding its last value, as Caffe's blob holds after a
-forward pass. `save_model` writes it atomically, with external data for models
-over protobuf's 2 GB limit.
+forward pass. Input shapes can be set (`input_shapes`, for deploy nets with
+placeholder sizes) and the batch axis left open (`dynamic_batch`).
+
+`Converted.save` writes the model atomically and streams the weights from their
+arrays into the file, so that converting costs little more memory than the
+caffemodel's own size (a model over protobuf's 2 GB limit gets ONNX external
+data). `save_model` writes an ONNX ModelProto held in memory the same way.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from caffecompat.errors import CaffeCompatError
+from caffecompat import outfiles
+from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.formats import protofile
+from caffecompat.formats.blob import encode_varint
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.layers import registry
 from caffecompat.net import spec as netspec
 from caffecompat.net.export import DEFAULT_OPSET, export
+from caffecompat.net.memory import check_net_memory
 from caffecompat.net.state import filter_layers, make_state
 from caffecompat.net.weights import copy_trained_layers
 from caffecompat.proto import caffe_pb2
@@ -43,23 +53,139 @@ DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "DummyData", "Mem
 
 @dataclass
 class Converted:
-    """A converted net: the ONNX model and what went into it."""
+    """A converted net: the ONNX graph, its weights, and what went into them.
 
-    model: onnx.ModelProto
+    `graph` is the model with every parameter as a typed graph input; the
+    weights stay in `params` (numpy arrays, not copied) until `save` streams
+    them into the file as initializers. `model` builds the standalone
+    ModelProto in memory (a second copy of the weights).
+    """
+
+    graph: onnx.ModelProto
     spec: netspec.NetSpec
     opset: int
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # parameter tensor name -> value
+    param_names: list[str] = field(default_factory=list)  # the parameters the graph reads, in order
     copied_layers: list[str] = field(default_factory=list)  # layers whose blobs came from the weights
     ignored_layers: list[str] = field(default_factory=list)  # weights-file layers not in the net
     filled_layers: list[str] = field(default_factory=list)  # net layers with parameters left to fillers
 
     @property
-    def inputs(self) -> dict[str, tuple[int, ...]]:
-        """Graph input (Caffe blob) name -> shape."""
-        return {v.split("@", 1)[0]: self.spec.shapes[v] for v in self.spec.inputs}
+    def inputs(self) -> dict[str, tuple[int | str, ...]]:
+        """Graph input (Caffe blob) name -> shape ("N" for a dynamic batch axis)."""
+        out = {}
+        for vi in _data_inputs(self.graph, set(self.param_names)):
+            out[vi.name] = tuple(d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim)
+        return out
 
     @property
     def outputs(self) -> list[str]:
-        return [o.name for o in self.model.graph.output]
+        return [o.name for o in self.graph.graph.output]
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The standalone model, weights as initializers (built in memory on each call)."""
+        model = _without_param_inputs(self.graph, set(self.param_names))
+        model.graph.initializer.extend(numpy_helper.from_array(np.asarray(self.params[p], np.float32), p)
+                                       for p in self.param_names)
+        return model
+
+    def save(self, path: str | os.PathLike, external_data: bool | None = None) -> list[Path]:
+        """Check the graph and write the model to `path` atomically, weights streamed from their arrays.
+
+        external_data None: only when the model would exceed protobuf's 2 GB; then
+        the weights go to `<path>.data` beside it. Returns the files written.
+        """
+        check_model(self.graph, self.opset)
+        light = _without_param_inputs(self.graph, set(self.param_names))
+        arrays = [(p, np.ascontiguousarray(self.params[p], dtype="<f4")) for p in self.param_names]
+        if external_data is None:
+            external_data = light.ByteSize() + sum(a.nbytes + 64 for _, a in arrays) > PROTOBUF_LIMIT - _LIMIT_MARGIN
+        try:
+            if external_data and any(a.nbytes >= EXTERNAL_THRESHOLD for _, a in arrays):
+                return _write_external(light, arrays, Path(path))
+            protofile.write_atomic(path, _model_chunks(light, arrays), "model")
+            return [Path(path)]
+        except OSError as e:
+            raise CaffeCompatError(f"{e.filename or path}: cannot write the model: {e.strerror}") from None
+
+
+def _data_inputs(model: onnx.ModelProto, params: set[str]) -> list[onnx.ValueInfoProto]:
+    return [vi for vi in model.graph.input if vi.name not in params]
+
+
+def _without_param_inputs(model: onnx.ModelProto, params: set[str]) -> onnx.ModelProto:
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    kept = _data_inputs(model, params)
+    del light.graph.input[:]
+    light.graph.input.extend(kept)
+    return light
+
+
+# Field numbers of the ONNX messages the streaming writer splices together.
+_MODEL_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_GRAPH_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_TENSOR_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+def _len_prefix(number: int, length: int) -> bytes:
+    return encode_varint(number << 3 | 2) + encode_varint(length)
+
+
+def _model_chunks(light: onnx.ModelProto, arrays: list[tuple[str, np.ndarray]]) -> Iterator[bytes | memoryview]:
+    """The serialized model `light` plus `arrays` as initializers, in pieces, the arrays as their own buffers.
+
+    Protobuf reads a message's fields in any order and appends repeated ones, so
+    the graph is its own serialization followed by one initializer field per array.
+    """
+    heads = []
+    for name, a in arrays:
+        tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=list(a.shape))
+        head = tensor.SerializeToString() + _len_prefix(_TENSOR_RAW_DATA, a.nbytes)
+        heads.append(_len_prefix(_GRAPH_INITIALIZER, len(head) + a.nbytes) + head)
+    rest = onnx.ModelProto()
+    rest.CopyFrom(light)
+    rest.ClearField("graph")
+    graph = light.graph.SerializeToString()
+    yield rest.SerializeToString()
+    yield _len_prefix(_MODEL_GRAPH, len(graph) + sum(len(h) for h in heads) + sum(a.nbytes for _, a in arrays))
+    yield graph
+    for head, (_, a) in zip(heads, arrays):
+        yield head
+        yield memoryview(a.reshape(-1)).cast("B")
+
+
+def _write_external(light: onnx.ModelProto, arrays: list[tuple[str, np.ndarray]], path: Path) -> list[Path]:
+    """`light` with `arrays` as initializers whose data is in `<path>.data` (ONNX external data)."""
+    location = path.name + ".data"
+    data_path = (path.parent if str(path.parent) else Path(".")) / location
+    model = onnx.ModelProto()
+    model.CopyFrom(light)
+    pieces: list[bytes | memoryview] = []
+    offset = 0
+    for name, a in arrays:
+        if a.nbytes < EXTERNAL_THRESHOLD:
+            model.graph.initializer.append(numpy_helper.from_array(a.astype(np.float32), name))
+            continue
+        pad = (-offset) % 4096  # page-aligned offsets, as onnx's own writer does
+        if pad:
+            pieces.append(b"\0" * pad)
+            offset += pad
+        t = model.graph.initializer.add(name=name, data_type=onnx.TensorProto.FLOAT, dims=list(a.shape))
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", location), ("offset", str(offset)), ("length", str(a.nbytes))):
+            entry = t.external_data.add()
+            entry.key, entry.value = k, v
+        pieces.append(memoryview(a.reshape(-1)).cast("B"))
+        offset += a.nbytes
+    protofile.write_atomic(data_path, pieces, "model data")
+    try:
+        protofile.write_atomic(path, model.SerializeToString(), "model")
+    except BaseException:
+        data_path.unlink(missing_ok=True)
+        raise
+    return [path, data_path]
 
 
 def check_deploy_net(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState, source: str) -> None:
@@ -106,20 +232,66 @@ def resolve_outputs(spec: netspec.NetSpec, keep_blobs: bool, outputs: Iterable[s
     return out
 
 
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`NAME:N,C,H,W` (or `N,C,H,W` for a net with one input) as (NAME or "", dims)."""
+    name, _, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise CaffeCompatError(f"-input_shape {text}: expected NAME:N,C,H,W with positive sizes, "
+                               "e.g. -input_shape data:1,3,368,368")
+    return name, shape
+
+
+def set_input_shapes(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState,
+                     shapes: Mapping[str, Sequence[int]], source: str) -> None:
+    """Give the net's Input blobs `shapes` (blob name -> dims; "" names the only input), in place."""
+    inputs = [(lp, j) for lp in filter_layers(net, state, source) if lp.type == "Input" for j in range(len(lp.top))]
+    names = [lp.top[j] for lp, j in inputs]
+    for name, dims in shapes.items():
+        if not name:
+            if len(inputs) != 1:
+                raise CaffeCompatError(f"-input_shape: {source} has {len(inputs)} inputs ({', '.join(names)}); "
+                                       "name the one to shape, as NAME:N,C,H,W")
+            name = names[0]
+        if name not in names:
+            raise CaffeCompatError(f"-input_shape {name}: {source} has no input blob '{name}' (its inputs: "
+                                   f"{', '.join(names) or 'none'})")
+        lp, j = inputs[names.index(name)]
+        p = lp.input_param
+        if len(p.shape) == 1 and len(lp.top) > 1:
+            # InputLayer: one shape stands for every top; spell it out before changing one.
+            p.shape.extend([p.shape[0]] * (len(lp.top) - 1))
+        while len(p.shape) <= j:
+            p.shape.add()
+        p.shape[j].ClearField("dim")
+        p.shape[j].dim.extend(int(d) for d in dims)
+
+
 def convert_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None, *,
                 opset: int = DEFAULT_OPSET, keep_blobs: bool = False, outputs: Iterable[str] = (),
-                level: int = 0, stages: Iterable[str] = (), seed: int = 0) -> Converted:
+                level: int = 0, stages: Iterable[str] = (), seed: int = 0,
+                input_shapes: Mapping[str, Sequence[int]] | None = None, dynamic_batch: bool = False,
+                proto: str | os.PathLike | None = None) -> Converted:
     """The ONNX model of deploy net `prototxt` with the weights of the .caffemodel `weights`.
 
     weights None: every parameter from its filler (numpy seed `seed`), for testing.
+    input_shapes: blob name -> dims replacing the prototxt's input shapes.
+    dynamic_batch: the first axis of every input (and of the outputs that follow it) is a symbolic "N".
+    proto: a Caffe fork's caffe.proto to read the prototxt with.
     """
     source = str(prototxt)
-    net = read_net_prototxt(prototxt)
+    net = read_net_prototxt(prototxt, proto)
     state = make_state(net, caffe_pb2.TEST, level, list(stages))
     check_deploy_net(net, state, source)
+    if input_shapes:
+        set_input_shapes(net, state, input_shapes, source)
     spec = netspec.build(net, caffe_pb2.TEST, state=state, source=source)
-    result = Converted(model=onnx.ModelProto(), spec=spec, opset=opset)
+    check_net_memory(spec, source, log=False)
     params: dict[str, np.ndarray] = {}
+    result = Converted(graph=onnx.ModelProto(), spec=spec, opset=opset, params=params)
     if weights is not None:
         from caffecompat.formats.caffemodel import read_weights
 
@@ -127,15 +299,16 @@ def convert_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None, 
         file_layers = list(w.net.layer) or list(w.net.layers)
         legacy = frozenset(lp.name for lp in file_layers if any(not b.HasField("shape") for b in lp.blobs))
         names = {n.name for n in spec.layers}
-        result.ignored_layers = [n for n in w.blobs if n not in names]
+        result.ignored_layers = list(dict.fromkeys(n for n, _ in w.layers if n not in names))
         # Net::CopyTrainedLayersFrom; the layers it would ignore are reported by the caller, not logged.
-        known = {n: b for n, b in w.blobs.items() if n in names}
+        known = [(n, b) for n, b in w.layers if n in names]
+        del w, file_layers
         result.copied_layers = copy_trained_layers(spec, params, known, str(weights), legacy)
+        del known
     # Fillers only for what the weights did not give (running them for a 60M-parameter net costs seconds).
     rng = np.random.default_rng(seed)
     for node in spec.layers:
-        owned = [i for i, p in enumerate(node.param_names)
-                 if p in spec.params and spec.params[p].layer == node.name and p not in params]
+        owned = [i for i, p in enumerate(node.param_names) if spec.owns(node, p) and p not in params]
         if not owned:
             continue
         arrays = registry.get(node).init_params(node, rng)
@@ -147,16 +320,100 @@ def convert_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None, 
     if not wanted:
         raise CaffeCompatError(f"{source}: the net has no outputs: every blob is an input or consumed; "
                                "name blobs to output with --outputs")
-    exported = export(spec, params=params, outputs=wanted, opset=opset)
-    result.model = exported.model
-    _name_inputs_after_blobs(result.model, spec)
-    if result.model.ir_version < 4:
+    # Parameters as typed graph inputs: their values stay in `params` until Converted.save streams them.
+    exported = export(spec, params_as_inputs=True, outputs=wanted, opset=opset)
+    result.graph = exported.model
+    result.param_names = list(exported.params)
+    if dynamic_batch:
+        _open_batch_axis(result.graph, net, state, spec, wanted, opset, source)
+    _name_inputs_after_blobs(result.graph, spec)
+    if result.graph.ir_version < 4:
         # IR 3 (opsets 7 and 8) requires every initializer to be a graph input too, which would make the
         # weights overridable inputs; IR 4 allows constant initializers with these opsets.
-        result.model.ir_version = 4
-    result.model.producer_version = _version()
-    result.model.doc_string = f"Converted from Caffe net '{spec.name}' ({Path(source).name}) by caffecompat"
+        result.graph.ir_version = 4
+    result.graph.producer_version = _version()
+    result.graph.doc_string = f"Converted from Caffe net '{spec.name}' ({Path(source).name}) by caffecompat"
     return result
+
+
+BATCH = "N"
+
+
+def _open_batch_axis(model: onnx.ModelProto, net: caffe_pb2.NetParameter, state: caffe_pb2.NetState,
+                     spec: netspec.NetSpec, outputs: list[str], opset: int, source: str) -> None:
+    """Make axis 0 of every input a symbolic batch size "N", in place; refuse where the graph fixes it.
+
+    The net is lowered a second time with every batch one larger: what differs
+    between the two graphs depends on the batch. Input and output sizes become
+    "N"; a Reshape target holding the batch becomes -1 (inferred); anything
+    else that differs means a layer's lowering bakes the batch in, which is
+    reported as not supported, naming the layers.
+    """
+    n1 = {v: spec.shapes[v][0] for v in spec.inputs if spec.shapes[v]}
+    if not n1:
+        raise CaffeCompatError(f"-dynamic_batch: {source} has no input with a batch axis")
+    probe_net = caffe_pb2.NetParameter()
+    probe_net.CopyFrom(net)
+    set_input_shapes(probe_net, state, {v.split("@", 1)[0]: (spec.shapes[v][0] + 1,) + tuple(spec.shapes[v][1:])
+                                        for v in spec.inputs if spec.shapes[v]}, source)
+    spec2 = netspec.build(probe_net, caffe_pb2.TEST, state=state, source=source)
+    other = export(spec2, params_as_inputs=True, outputs=outputs, opset=opset).model
+    g1, g2 = model.graph, other.graph
+    bad: list[str] = []
+    if [(n.op_type, list(n.input), list(n.output)) for n in g1.node] != \
+            [(n.op_type, list(n.input), list(n.output)) for n in g2.node]:
+        raise NotSupportedError(f"-dynamic_batch for {source}: its graph changes with the batch size")
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in g1.node:
+        for k, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, k))
+    for a, b in zip(g1.node, g2.node):
+        if [x.SerializeToString() for x in a.attribute] != [x.SerializeToString() for x in b.attribute]:
+            bad.append(_layer_of(a))
+    others = {t.name: t for t in g2.initializer}
+    for t in g1.initializer:
+        v1, v2 = numpy_helper.to_array(t), numpy_helper.to_array(others[t.name])
+        if v1.shape == v2.shape and np.array_equal(v1, v2):
+            continue
+        fixed = _batch_free_reshape(v1, v2, consumers.get(t.name, []))
+        if fixed is None:
+            bad.extend(_layer_of(node) for node, _ in consumers.get(t.name, []))
+            continue
+        t.CopyFrom(numpy_helper.from_array(fixed, t.name))
+    if bad:
+        layers = ", ".join(dict.fromkeys(bad))
+        raise NotSupportedError(f"-dynamic_batch with layer(s) {layers} of {source}: their ONNX lowering fixes "
+                                "the batch size; convert with a fixed -input_shape instead")
+    shapes2 = {vi.name: vi for vi in list(g2.input) + list(g2.output)}
+    for vi in list(g1.input) + list(g1.output):
+        if vi.name not in shapes2:
+            continue
+        for d1, d2 in zip(vi.type.tensor_type.shape.dim, shapes2[vi.name].type.tensor_type.shape.dim):
+            if d1.dim_value != d2.dim_value:
+                grows_one_for_one = d2.dim_value - d1.dim_value == 1  # then it is the batch itself
+                d1.ClearField("dim_value")
+                if grows_one_for_one:
+                    d1.dim_param = BATCH
+    del g1.value_info[:]
+
+
+def _layer_of(node: onnx.NodeProto) -> str:
+    return re.sub(r"/[^/]*#\d+$", "", node.name) or node.name
+
+
+def _batch_free_reshape(v1: np.ndarray, v2: np.ndarray,
+                        uses: list[tuple[onnx.NodeProto, int]]) -> np.ndarray | None:
+    """A Reshape target that differs between two batch sizes in one entry, with that entry -1; else None."""
+    if not uses or any(node.op_type != "Reshape" or k != 1 for node, k in uses):
+        return None
+    if v1.ndim != 1 or v1.shape != v2.shape or (v1 == -1).any() or (v1 == 0).any():
+        return None
+    differ = np.flatnonzero(v1 != v2)
+    if len(differ) != 1:
+        return None
+    out = v1.copy()
+    out[differ[0]] = -1
+    return out
 
 
 def _name_inputs_after_blobs(model: onnx.ModelProto, spec: netspec.NetSpec) -> None:
@@ -231,7 +488,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, opset: int,
     try:
         if not external_data:
             check_model(model, opset)
-            protofile.write_atomic(path, model.SerializeToString())
+            protofile.write_atomic(path, model.SerializeToString(), "model")
             return [path]
         return _save_external(model, path, opset)
     except OSError as e:
@@ -268,17 +525,19 @@ def _save_external(model: onnx.ModelProto, path: Path, opset: int) -> list[Path]
         offset += len(raw)
     if not chunks:  # every tensor is small: nothing to put outside
         check_model(model, opset)
-        protofile.write_atomic(path, model.SerializeToString())
+        protofile.write_atomic(path, model.SerializeToString(), "model")
         return [path]
-    protofile.write_atomic(data_path, chunks)
+    protofile.write_atomic(data_path, chunks, "model data")
     # The model goes to a temporary name beside its data, is checked there, then renamed.
-    tmp = parent / f".{path.name}.check.onnx"
     try:
-        protofile.write_atomic(tmp, light.SerializeToString())
-        check_model(str(tmp), opset)
-        os.replace(tmp, path)
+        tmp = outfiles.write_temp(path, light.SerializeToString(), "model")
+        try:
+            check_model(str(tmp), opset)
+        except BaseException:
+            outfiles.discard(tmp)
+            raise
+        outfiles.commit(tmp, path, "model")
     except BaseException:
-        tmp.unlink(missing_ok=True)
         data_path.unlink(missing_ok=True)
         raise
     return [path, data_path]

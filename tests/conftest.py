@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CAFFECOMPAT_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "caffe-golden"
 BVLC = SHARED / "bvlc-models"
+ZOO = SHARED / "zoo"
 
 
 def _need(path: Path) -> Path:
@@ -35,3 +36,9 @@ def golden() -> Path:
 def bvlc() -> Path:
     """../shared/bvlc-models: Caffe's own model and solver definitions."""
     return _need(BVLC)
+
+
+@pytest.fixture
+def zoo() -> Path:
+    """../shared/zoo: real net definitions from public repositories (see its README)."""
+    return _need(ZOO)

@@ -288,7 +288,7 @@ def _convert_error(capsys, tmp_path, prototxt, weights="-", *extra) -> str:
 def test_unknown_layer_type(tmp_path, capsys):
     text = SMALL_NET + 'layer { name: "odd" type: "NoSuchLayer" bottom: "ip_a" top: "odd" }\n'
     err = _convert_error(capsys, tmp_path, _small(tmp_path, text))
-    assert "not supported: layer odd of type NoSuchLayer" in err
+    assert "layer 'odd' has unknown type 'NoSuchLayer'" in err and "small.prototxt" in err
 
 
 def test_missing_bottom(tmp_path, capsys):

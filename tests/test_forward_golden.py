@@ -6,7 +6,7 @@ import pytest
 
 from tests.golden_forward import TOLERANCE, relative_error, run_golden_net
 
-NETS = ["caffenet_mini", "inception", "resnet_block", "fcn_head", "zoo_misc", "v1_legacy"]
+NETS = ["caffenet_mini", "inception", "resnet_block", "fcn_head", "zoo_misc", "v1_legacy", "pool_floor", "dup_names"]
 
 
 @pytest.mark.parametrize("net", NETS)

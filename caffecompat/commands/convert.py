@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from caffecompat import convert as conv
-from caffecompat.commands.common import flag, stages
+from caffecompat import outfiles
+from caffecompat.commands.common import add_proto_flag, flag, stages
 from caffecompat.errors import CaffeCompatError
 from caffecompat.net.export import DEFAULT_OPSET, MAX_OPSET
 
@@ -21,7 +22,12 @@ upgraded in memory, as Caffe does). A net with data layers (Data, ImageData,
 HDF5Data, ...) is refused: give the deploy version of the net.
 
 Names: the ONNX graph inputs are the net's input blobs, with their prototxt
-shapes (fixed, batch included). The outputs are Caffe's net outputs (blobs no
+shapes (fixed, batch included). Deploy files often give placeholder sizes
+("1x3x1x1, defined at runtime"): -input_shape NAME:N,C,H,W sets the shape of
+input NAME (repeat it for several inputs) before the net is resolved, and
+-dynamic_batch leaves axis 0 of the inputs and outputs open (a symbolic N),
+for nets whose layers do not fix the batch size (those that do are named in
+a `not supported` error). The outputs are Caffe's net outputs (blobs no
 layer consumes, in name order), each named after its Caffe blob. A blob that
 in-place layers rewrite (e.g. conv1 followed by ReLU in place) is output under
 its Caffe name holding its last value, as Caffe's blob holds after Forward.
@@ -41,7 +47,9 @@ Opset: -opset N picks the ONNX opset (default {DEFAULT_OPSET}, from 7 to {MAX_OP
 ONNX Runtime 1.19 takes). A layer whose lowering needs a newer opset is
 reported, as is any model that onnx.checker (full check) rejects.
 
-Output: OUT is written atomically (a temporary file renamed at the end).
+Output: OUT is written atomically (a temporary file renamed at the end), the
+weights streamed from memory into it (peak memory stays near the caffemodel's
+size).
 Models over protobuf's 2 GB limit are saved with ONNX external data: the
 tensors go to OUT.data beside OUT (keep the two files together);
 -external_data forces that layout for any size. A one-line summary
@@ -69,6 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
          help="random seed of the fillers when WEIGHTS is `-` (default 0)")
     p.add_argument("-external_data", "--external_data", "--external-data", dest="external_data",
                    action="store_true", help="store tensors in OUT.data beside OUT (automatic over 2 GB)")
+    p.add_argument("-input_shape", "--input_shape", "--input-shape", dest="input_shape", action="append",
+                   default=[], metavar="NAME:N,C,H,W",
+                   help="the shape of input blob NAME, replacing the prototxt's (repeat for each input; "
+                        "NAME may be left out when the net has one input)")
+    p.add_argument("-dynamic_batch", "--dynamic_batch", "--dynamic-batch", dest="dynamic_batch",
+                   action="store_true", help="leave the batch axis (axis 0) of the inputs and outputs open: "
+                                             "a symbolic size N, any batch at run time")
+    add_proto_flag(p)
     p.set_defaults(func=run)
 
 
@@ -78,9 +94,18 @@ def run(args: argparse.Namespace) -> int:
     outputs = [s for s in (x.strip() for x in args.outputs.split(",")) if s]
     if args.output == "-":
         raise CaffeCompatError("OUT: give a file name; the model is not written to stdout")
+    # Before the conversion, which for a large net takes a while.
+    outfiles.check_writable(args.output, "model")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in args.input_shape:
+        name, dims = conv.parse_input_shape(text)
+        if name in shapes:
+            raise CaffeCompatError(f"-input_shape {text}: {name or 'the input'} is shaped twice; give it once")
+        shapes[name] = dims
     result = conv.convert_net(args.deploy, weights, opset=args.opset, keep_blobs=args.keep_blobs,
-                              outputs=outputs, level=args.level, stages=stages(args.stage), seed=args.seed)
-    files = conv.save_model(result.model, args.output, args.opset, external_data=args.external_data or None)
+                              outputs=outputs, level=args.level, stages=stages(args.stage), seed=args.seed,
+                              input_shapes=shapes, dynamic_batch=args.dynamic_batch)
+    files = result.save(args.output, external_data=args.external_data or None)
     prog = f"caffecompat {args.command}"
     if result.ignored_layers:
         print(f"{prog}: note: ignored {len(result.ignored_layers)} layer(s) of {args.weights} that the net "

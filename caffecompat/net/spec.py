@@ -9,6 +9,12 @@ Value names: the last value written to a Caffe blob is named after the blob;
 earlier values of a blob rewritten in place get `<blob>@<writer layer>`.
 So a graph input or output named like a Caffe blob holds what Caffe's blob
 holds after a forward pass.
+
+Layer names need not be unique, nor given, as in Caffe (HED has five layers
+named `crop` and unnamed losses). Parameter tensors are `<layer>#<blob index>`;
+a later layer with a name already taken gets `<layer>[<layer index>]#<i>`
+instead, and a value that would repeat a name gets `[<layer index>]` too.
+Weights copy to the first layer of a name (caffecompat.net.weights).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.layers import registry
 from caffecompat.layers.registry import LayerNode, Shape
 from caffecompat.net.splits import insert_splits
@@ -36,6 +42,7 @@ class ParamInfo:
     shape: Shape
     lr_mult: float
     decay_mult: float
+    owner: int = -1  # index in NetSpec.layers of the layer that owns the blob (others share it)
 
 
 @dataclass
@@ -50,9 +57,10 @@ class NetSpec:
     shapes: dict[str, Shape]  # value name -> shape
     params: dict[str, ParamInfo] = field(default_factory=dict)  # tensor name -> info, in Caffe's order
     blob_values: dict[str, str] = field(default_factory=dict)  # Caffe blob name -> final value name
+    force_backward: bool = False  # NetParameter.force_backward: every layer runs Backward
 
     def layer(self, name: str) -> LayerNode:
-        """The layer called `name`."""
+        """The first layer called `name`."""
         for node in self.layers:
             if node.name == name:
                 return node
@@ -61,6 +69,11 @@ class NetSpec:
     def source_layers(self) -> list[LayerNode]:
         """Layers whose tops are fed from outside (data layers, Input)."""
         return [n for n in self.layers if registry.get(n).source]
+
+    def owns(self, node: LayerNode, tensor: str) -> bool:
+        """Whether `tensor` is a parameter blob of `node` itself (not one it shares with an earlier layer)."""
+        info = self.params.get(tensor)
+        return info is not None and info.owner == node.index
 
     def loss_tops(self) -> list[tuple[str, float]]:
         """(value name, loss weight) of every top that contributes to the loss."""
@@ -84,6 +97,7 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
     state = state if state is not None else make_state(net, phase, level, stages)
     phase = state.phase
     layers = insert_splits(filter_layers(net, state, source), source)
+    check_layer_types(layers, source)
     nodes: list[LayerNode] = []
     shapes: dict[str, Shape] = {}
     current: dict[str, str] = {}  # blob -> current value name
@@ -93,6 +107,8 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
             writes[t] = writes.get(t, 0) + 1
     seen_writes: dict[str, int] = {}
     layer_names: set[str] = set()
+    param_owners: set[str] = set()  # the `<layer>` parts of parameter tensor names given so far
+    values: set[str] = set()
     inputs: list[str] = []
     consumed: set[str] = set()
     params: dict[str, ParamInfo] = {}
@@ -101,11 +117,14 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
     for index, lp in enumerate(layers):
         if not lp.type:
             raise CaffeCompatError(f"{source}: layer '{lp.name}' has no type")
-        if lp.name in layer_names:
-            # Caffe allows duplicate names but weights copy by name; say so rather than guess.
-            raise CaffeCompatError(f"{source}: two layers are named '{lp.name}'; layer names must be "
-                                   "unique for weights to be copied by name")
+        # Net::Init checks no layer name: duplicates and "" are allowed; only our tensor names must differ.
+        owner = lp.name
+        if lp.name in layer_names or owner in param_owners:
+            owner = f"{lp.name}[{index}]"
+            while owner in param_owners:
+                owner += "'"
         layer_names.add(lp.name)
+        param_owners.add(owner)
         impl = registry.get(lp)
         node = LayerNode(param=lp, index=index, phase=phase, bottom_blobs=list(lp.bottom),
                          top_blobs=list(lp.top))
@@ -123,6 +142,9 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
                                  "not in place (top #{j} must equal bottom #{j}); rename the top")
             seen_writes[t] = seen_writes.get(t, 0) + 1
             value = t if seen_writes[t] == writes[t] else f"{t}@{lp.name}"
+            if value in values or value in writes and value != t:
+                value = f"{t}@{lp.name}[{index}]"
+            values.add(value)
             node.tops.append(value)
         if len(set(lp.top)) != len(lp.top):
             raise node.error("lists the same top twice")
@@ -144,18 +166,40 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
         for t, value in zip(lp.top, node.tops):
             current[t] = value
 
-        _resolve_params(node, impl, params, shared, source)
+        _resolve_params(node, impl, params, shared, prefix=owner)
         _resolve_loss_weights(node, impl)
         nodes.append(node)
 
     # Net outputs: Caffe's available_blobs set (tops no later layer reads), in name order.
     outputs = [current[b] for b in sorted(current) if current[b] not in consumed]
     return NetSpec(name=net.name, phase=phase, layers=nodes, inputs=inputs, outputs=outputs,
-                   shapes=shapes, params=params, blob_values=dict(current))
+                   shapes=shapes, params=params, blob_values=dict(current), force_backward=net.force_backward)
+
+
+def check_layer_types(layers: Iterable[caffe_pb2.LayerParameter], source: str) -> None:
+    """Every layer has a type caffecompat runs, else an error naming `source` and the layer.
+
+    Done for the whole net before any layer is set up, so a misspelt type is
+    reported before a data layer opens its database.
+    """
+    for lp in layers:
+        if not lp.type:
+            raise CaffeCompatError(f"{source}: layer '{lp.name}' has no type")
+        try:
+            registry.get(lp)
+        except NotSupportedError as e:
+            raise NotSupportedError(f"{str(e).removeprefix('not supported: ')} ({source})") from None
+        except CaffeCompatError as e:
+            raise CaffeCompatError(f"{source}: {e}") from None
+
+
+def check_net_types(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState, source: str) -> None:
+    """`check_layer_types` for the layers of `net` that `state` keeps."""
+    check_layer_types(filter_layers(net, state, source), source)
 
 
 def _resolve_params(node: LayerNode, impl: registry.Layer, params: dict[str, ParamInfo],
-                    shared: dict[str, tuple[str, Shape]], source: str) -> None:
+                    shared: dict[str, tuple[str, Shape]], prefix: str) -> None:
     node.param_shapes = [tuple(int(d) for d in s) for s in impl.param_shapes(node)]
     specs = node.param.param
     if len(specs) > len(node.param_shapes):
@@ -163,7 +207,7 @@ def _resolve_params(node: LayerNode, impl: registry.Layer, params: dict[str, Par
                          "blobs; remove the extra `param { }` entries")
     for i, shape in enumerate(node.param_shapes):
         spec = specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
-        own = param_tensor_name(node.name, i)
+        own = param_tensor_name(prefix, i)
         if spec.name and spec.name in shared:
             # Net::AppendParam: a named ParamSpec seen before shares the owner's blob.
             owner, owner_shape = shared[spec.name]
@@ -184,7 +228,7 @@ def _resolve_params(node: LayerNode, impl: registry.Layer, params: dict[str, Par
                 raise node.error(f"param #{i} is a running statistic and cannot be learned; set lr_mult: 0 "
                                  "or remove its `param { }`")
             lr_mult = 0.0
-        params[own] = ParamInfo(own, node.name, i, shape, lr_mult, spec.decay_mult)
+        params[own] = ParamInfo(own, node.name, i, shape, lr_mult, spec.decay_mult, node.index)
 
 
 def _resolve_loss_weights(node: LayerNode, impl: registry.Layer) -> None:

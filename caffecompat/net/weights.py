@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -16,13 +16,19 @@ def init_params(spec: NetSpec, rng: np.random.Generator) -> dict[str, np.ndarray
     """Every parameter tensor of `spec`, filled as Caffe's layer setup would (in Caffe's order)."""
     values: dict[str, np.ndarray] = {}
     for node in spec.layers:
-        owned = [i for i, n in enumerate(node.param_names) if n in spec.params and spec.params[n].layer == node.name]
+        owned = [i for i, n in enumerate(node.param_names) if spec.owns(node, n)]
         if not owned:
             continue
         arrays = registry.get(node).init_params(node, rng)
         for i in owned:
+            a = arrays[i]
+            if isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.owndata \
+                    and a.flags.writeable:
+                # The filler's own new array: a copy would double the peak memory of a big net.
+                values[node.param_names[i]] = a
+                continue
             # np.array, not np.ascontiguousarray: the latter turns 0-axis blobs (shared PReLU slope) 1-D.
-            values[node.param_names[i]] = np.array(arrays[i], dtype=np.float32, order="C")
+            values[node.param_names[i]] = np.array(a, dtype=np.float32, order="C")
     return values
 
 
@@ -32,19 +38,26 @@ def _legacy_equal(source_shape: tuple[int, ...], target: tuple[int, ...]) -> boo
 
 
 def copy_trained_layers(spec: NetSpec, values: dict[str, np.ndarray],
-                        source_blobs: Mapping[str, list[np.ndarray]], source_file: str,
-                        legacy_layers: frozenset[str] = frozenset()) -> list[str]:
+                        source_blobs: Mapping[str, list[np.ndarray]] | Iterable[tuple[str, list[np.ndarray]]],
+                        source_file: str, legacy_layers: frozenset[str] = frozenset()) -> list[str]:
     """Net::CopyTrainedLayersFrom: copy blobs of layers found by name; returns the copied layer names.
 
-    Source layers absent from the net are logged as `Ignoring source layer X`.
-    `legacy_layers` names source layers whose blobs used num/channels/height/width.
+    `source_blobs` maps layer names to blobs, or lists (name, blobs) in the
+    weights file's order, duplicates included. Source layers absent from the net
+    are logged as `Ignoring source layer X`. `legacy_layers` names source layers
+    whose blobs used num/channels/height/width.
     """
-    by_name = {n.name: n for n in spec.layers}
+    by_name: dict[str, registry.LayerNode] = {}
+    for n in spec.layers:
+        # Net::CopyTrainedLayersFrom looks a source layer up from the net's first layer on: the FIRST
+        # layer of a name gets the blobs (a second source layer of that name overwrites the first).
+        by_name.setdefault(n.name, n)
+    pairs = source_blobs.items() if isinstance(source_blobs, Mapping) else source_blobs
     copied = []
-    for lname, blobs in source_blobs.items():
+    for lname, blobs in pairs:
         node = by_name.get(lname)
         if node is None:
-            glog.info("net.cpp:744", f"Ignoring source layer {lname}")
+            glog.info("net.cpp:746", f"Ignoring source layer {lname}")
             continue
         if len(blobs) != len(node.param_names):
             raise CaffeCompatError(
@@ -61,7 +74,8 @@ def copy_trained_layers(spec: NetSpec, values: dict[str, np.ndarray],
                         "this layer's parameters from scratch rather than copying them, rename the layer"
                     )
             values[node.param_names[j]] = np.ascontiguousarray(blob, dtype=np.float32).reshape(target)
-        copied.append(lname)
+        if lname not in copied:
+            copied.append(lname)
     return copied
 
 
@@ -73,4 +87,4 @@ def load_caffemodel(spec: NetSpec, values: dict[str, np.ndarray], path: str) -> 
     layers = list(weights.net.layer) or list(weights.net.layers)
     # Blobs written before BlobShape carry num/channels/height/width (Blob::ShapeEquals' legacy case).
     legacy = frozenset(lp.name for lp in layers if any(not b.HasField("shape") for b in lp.blobs))
-    return copy_trained_layers(spec, values, weights.blobs, path, legacy)
+    return copy_trained_layers(spec, values, weights.layers, path, legacy)

@@ -1,0 +1,212 @@
+"""Files from Caffe forks: which fields and layer types come from which fork, and what we do with them.
+
+Our schema (proto/caffe.proto + proto/forks.proto) reads the text files of the
+common forks. After reading a net, `prepare_net` translates the fork spellings
+that mean a BVLC setting (`pooling_param { ceil_mode: false }` is
+`round_mode: FLOOR`) and then lists every fork layer or field that caffecompat
+does not implement, all in one error, before anything runs:
+
+    not supported: layer conv4_3_norm of type Normalize (field norm_param of SSD); layer ...
+
+A fork field counts as implemented when a layer type that reads it is
+registered (caffecompat/layers); a fork layer type without a parameter message
+(Axpy, ReLU6 without relu6_param) when its type is registered. A fork field on
+a layer of a type that does not read it is ignored, as the fork itself ignores
+it, and so is a fork field that only restates its default. Fields of a user's
+own caffe.proto (-proto) that our schema lacks are reported the same way by
+caffecompat.formats.userproto, in the same message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import message as pb_message
+
+from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.proto import caffe_pb2
+
+
+@dataclass(frozen=True)
+class ForkField:
+    """A field a fork added to a BVLC message: its fork and the layer types that read it."""
+
+    fork: str
+    readers: tuple[str, ...] = ()  # layer types reading it; () for fields of BVLC messages every layer may carry
+
+
+SSD = "SSD"
+DEEPLAB = "DeepLab/PSPNet"
+SEGNET = "SegNet"
+
+# Every field proto/forks.proto adds to a BVLC message, "Message.field" (tests check the list is complete).
+FORK_FIELDS: dict[str, ForkField] = {
+    "LayerParameter.annotated_data_param": ForkField(SSD, ("AnnotatedData",)),
+    "LayerParameter.multibox_loss_param": ForkField(SSD, ("MultiBoxLoss",)),
+    "LayerParameter.permute_param": ForkField(SSD, ("Permute",)),
+    "LayerParameter.prior_box_param": ForkField(SSD, ("PriorBox",)),
+    "LayerParameter.detection_output_param": ForkField(SSD, ("DetectionOutput",)),
+    "LayerParameter.detection_evaluate_param": ForkField(SSD, ("DetectionEvaluate",)),
+    "LayerParameter.norm_param": ForkField(SSD, ("Normalize",)),
+    "LayerParameter.video_data_param": ForkField(SSD, ("VideoData",)),
+    "LayerParameter.interp_param": ForkField(DEEPLAB, ("Interp",)),
+    "LayerParameter.bn_param": ForkField(f"{DEEPLAB} and {SEGNET}", ("BN",)),
+    "LayerParameter.seg_accuracy_param": ForkField(DEEPLAB, ("SegAccuracy",)),
+    "LayerParameter.mat_read_param": ForkField(DEEPLAB, ("MatRead",)),
+    "LayerParameter.mat_write_param": ForkField(DEEPLAB, ("MatWrite",)),
+    "LayerParameter.dense_crf_param": ForkField(DEEPLAB, ("DenseCRF",)),
+    "LayerParameter.domain_transform_param": ForkField(DEEPLAB, ("DomainTransform",)),
+    "LayerParameter.bias_channel_param": ForkField(DEEPLAB, ("BiasChannel",)),
+    "LayerParameter.adaptive_bias_channel_param": ForkField(DEEPLAB, ("AdaptiveBiasChannel",)),
+    "LayerParameter.unique_label_param": ForkField(DEEPLAB, ("UniqueLabel",)),
+    "LayerParameter.upsample_param": ForkField(SEGNET, ("Upsample",)),
+    "LayerParameter.dense_image_data_param": ForkField(SEGNET, ("DenseImageData",)),
+    "LayerParameter.shuffle_channel_param": ForkField("ShuffleNet", ("ShuffleChannel",)),
+    "LayerParameter.relu6_param": ForkField("the ReLU6 forks", ("ReLU6",)),
+    "LayerParameter.roi_pooling_param": ForkField("Fast R-CNN", ("ROIPooling",)),
+    "LayerParameter.psroi_pooling_param": ForkField("R-FCN", ("PSROIPooling",)),
+    # Translated into round_mode by prepare_net.
+    "PoolingParameter.ceil_mode": ForkField("BVLC pull request 3057 (DenseNet, OpenCV)"),
+    "TransformationParameter.resize_param": ForkField(SSD),
+    "TransformationParameter.noise_param": ForkField(SSD),
+    "TransformationParameter.distort_param": ForkField(SSD),
+    "TransformationParameter.expand_param": ForkField(SSD),
+    "TransformationParameter.emit_constraint": ForkField(SSD),
+    "TransformationParameter.crop_h": ForkField(SSD),
+    "TransformationParameter.crop_w": ForkField(SSD),
+    "TransformationParameter.scale_factors": ForkField(DEEPLAB),
+    "TransformationParameter.crop_width": ForkField(DEEPLAB),
+    "TransformationParameter.crop_height": ForkField(DEEPLAB),
+    "ImageDataParameter.ignore_label": ForkField(DEEPLAB),
+    "ImageDataParameter.label_type": ForkField(DEEPLAB),
+    "LossParameter.weight_by_label_freqs": ForkField(SEGNET),
+    "LossParameter.class_weighting": ForkField(SEGNET),
+    "DropoutParameter.sample_weights_test": ForkField(SEGNET),
+    "BatchNormParameter.update_global_stats": ForkField(DEEPLAB),
+    "BatchNormParameter.scale_bias": ForkField("NVIDIA Caffe"),
+    "SolverParameter.eval_type": ForkField(SSD),
+    "SolverParameter.ap_version": ForkField(SSD),
+    "SolverParameter.show_per_class_result": ForkField(SSD),
+    "SolverParameter.plateau_winsize": ForkField(SSD),
+}
+
+# Layer types that only forks have (their parameters, if any, are FORK_FIELDS).
+FORK_TYPES: dict[str, str] = {
+    **{t: SSD for t in ("AnnotatedData", "MultiBoxLoss", "Permute", "PriorBox", "DetectionOutput",
+                        "DetectionEvaluate", "Normalize", "VideoData", "SmoothL1Loss")},
+    **{t: DEEPLAB for t in ("Interp", "SegAccuracy", "ImageSegData", "MatRead", "MatWrite", "DenseCRF",
+                            "DomainTransform", "BiasChannel", "AdaptiveBiasChannel", "UniqueLabel")},
+    "BN": f"{DEEPLAB} and {SEGNET}",
+    "Upsample": SEGNET,
+    "DenseImageData": SEGNET,
+    "ShuffleChannel": "ShuffleNet",
+    "ConvolutionDepthwise": "the depthwise-convolution forks",
+    "DepthwiseConvolution": "the depthwise-convolution forks",
+    "ReLU6": "the ReLU6 forks",
+    "Axpy": "SENet",
+    "ImageLabelmapData": "HED",
+    "ROIPooling": "Fast R-CNN",
+    "PSROIPooling": "R-FCN",
+}
+
+
+def _registered() -> frozenset[str]:
+    from caffecompat.layers.registry import supported_types
+
+    return frozenset(supported_types())
+
+
+def _is_default(field: pb_descriptor.FieldDescriptor, value: object) -> bool:
+    if field.is_repeated or field.type == field.TYPE_MESSAGE:
+        return False
+    return value == field.default_value
+
+
+def _fork_fields_in(msg: pb_message.Message, path: str) -> Iterable[tuple[str, ForkField, pb_descriptor.FieldDescriptor,
+                                                                           object]]:
+    """(path, ForkField, field, value) of every fork field set in `msg` and its BVLC sub-messages."""
+    for field, value in msg.ListFields():
+        key = f"{msg.DESCRIPTOR.name}.{field.name}"
+        where = f"{path}{field.name}"
+        fork = FORK_FIELDS.get(key)
+        if fork is not None:
+            yield where, fork, field, value
+            continue
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        items = value if field.is_repeated else [value]
+        for i, item in enumerate(items):
+            suffix = f"[{i}]." if field.is_repeated else "."
+            yield from _fork_fields_in(item, where + suffix)
+
+
+def layer_problems(lp: caffe_pb2.LayerParameter, registered: frozenset[str] | None = None) -> list[str]:
+    """What of layer `lp` comes from a fork and is not implemented, one entry per field (or type)."""
+    registered = _registered() if registered is None else registered
+    known_type = lp.type in registered
+    label = f"layer {lp.name} of type {lp.type}"
+    problems = []
+    for where, fork, field, value in _fork_fields_in(lp, ""):
+        if fork.readers:
+            # A fork reads its layer's own parameter message only in the layer types that use it.
+            if lp.type in fork.readers and not known_type:
+                problems.append(f"{label} (field {where} of {fork.fork})")
+        elif not _is_default(field, value):
+            problems.append(f"{label} (field {where} of {fork.fork})")
+    if not problems and not known_type and lp.type in FORK_TYPES:
+        problems.append(f"{label} (a layer of {FORK_TYPES[lp.type]})")
+    return problems
+
+
+def translate_ceil_mode(lp: caffe_pb2.LayerParameter, source: str) -> None:
+    """`pooling_param { ceil_mode }` of the forks as BVLC's round_mode, in place."""
+    p = lp.pooling_param
+    if not (lp.HasField("pooling_param") and p.HasField("ceil_mode")):
+        return
+    # BVLC pull request 3057: ceil_mode true rounds the pooled size up (CEIL), false down (FLOOR).
+    mode = caffe_pb2.PoolingParameter.CEIL if p.ceil_mode else caffe_pb2.PoolingParameter.FLOOR
+    if p.HasField("round_mode") and p.round_mode != mode:
+        raise CaffeCompatError(
+            f"{source}: layer '{lp.name}' (Pooling) sets both ceil_mode: {str(p.ceil_mode).lower()} and round_mode: "
+            f"{caffe_pb2.PoolingParameter.RoundMode.Name(p.round_mode)}, which disagree; keep one of them")
+    p.round_mode = mode
+    p.ClearField("ceil_mode")
+
+
+def net_problems(net: caffe_pb2.NetParameter) -> list[str]:
+    """Every unimplemented fork layer or field of `net`, in layer order."""
+    registered = _registered()
+    problems: list[str] = []
+    for lp in net.layer:
+        problems += layer_problems(lp, registered)
+    return problems
+
+
+def raise_problems(problems: list[str], source: str) -> None:
+    """One NotSupportedError listing every problem, naming the file."""
+    if problems:
+        raise NotSupportedError(f"{'; '.join(problems)} (in {source}; {len(problems)} in all)"
+                                if len(problems) > 1 else f"{problems[0]} (in {source})")
+
+
+def prepare_net(net: caffe_pb2.NetParameter, source: str, problems: Iterable[str] = ()) -> None:
+    """Translate fork spellings of BVLC settings in place, then raise for what remains unimplemented.
+
+    `problems` are earlier findings about the same file (from reading it with a
+    user's caffe.proto); they head the one error message.
+    """
+    for lp in net.layer:
+        translate_ceil_mode(lp, source)
+    raise_problems(list(problems) + net_problems(net), source)
+
+
+def solver_problems(solver: caffe_pb2.SolverParameter) -> list[str]:
+    """Fork fields of the solver itself that change what it does (SSD's detection evaluation)."""
+    problems = []
+    for field, value in solver.ListFields():
+        fork = FORK_FIELDS.get(f"SolverParameter.{field.name}")
+        if fork is not None and not _is_default(field, value):
+            problems.append(f"solver field {field.name} of {fork.fork}")
+    return problems
