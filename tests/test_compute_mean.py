@@ -74,6 +74,6 @@ def test_bad_databases(tmp_path, capsys, setup, message):
     assert "Traceback" not in err and not (tmp_path / "m.binaryproto").exists()
 
 
-def test_leveldb_not_supported(tmp_path, capsys):
-    assert main(["compute-mean", "-backend", "leveldb", str(tmp_path)]) == 1
-    assert "not supported: LevelDB" in capsys.readouterr().err
+def test_unknown_backend(tmp_path, capsys):
+    assert main(["compute-mean", "-backend", "rocksdb", str(tmp_path)]) == 1
+    assert "unknown database backend 'rocksdb'; use lmdb or leveldb" in capsys.readouterr().err

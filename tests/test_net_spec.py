@@ -64,10 +64,32 @@ def test_missing_bottom_and_duplicate_top():
         netspec.build(_net(_ip("x", "data", "a") + _ip("y", "data", "a")), caffe_pb2.TEST)
 
 
-def test_unknown_type_is_not_supported():
+def test_unknown_type_names_the_file_and_the_closest_types():
     net = _net('layer { name: "w" type: "Warp" bottom: "data" top: "w" }')
-    with pytest.raises(NotSupportedError, match="not supported: layer w of type Warp"):
-        netspec.build(net, caffe_pb2.TEST)
+    with pytest.raises(CaffeCompatError, match=r"^x.prototxt: layer 'w' has unknown type 'Warp': it is not a layer "
+                                               "type of BVLC Caffe"):
+        netspec.build(net, caffe_pb2.TEST, source="x.prototxt")
+    net = _net('layer { name: "c" type: "Convolutoin" bottom: "data" top: "c" }')
+    with pytest.raises(CaffeCompatError, match="unknown type 'Convolutoin': did you mean Convolution"):
+        netspec.build(net, caffe_pb2.TEST, source="x.prototxt")
+    net = _net('layer { name: "r" type: "relu" bottom: "data" top: "r" }')
+    with pytest.raises(CaffeCompatError, match="unknown type 'relu': did you mean ReLU"):
+        netspec.build(net, caffe_pb2.TEST, source="x.prototxt")
+
+
+def test_caffe_type_we_lack_is_not_supported():
+    net = _net('layer { name: "l" type: "LSTM" bottom: "data" top: "l" }')
+    with pytest.raises(NotSupportedError, match=r"not supported: layer l of type LSTM \(x.prototxt\)"):
+        netspec.build(net, caffe_pb2.TEST, source="x.prototxt")
+
+
+def test_unknown_type_is_reported_before_any_data_layer_opens():
+    opened = []
+    net = _net('layer { name: "d" type: "Data" top: "d2" }\n'
+               'layer { name: "w" type: "Wrap" bottom: "data" top: "w" }')
+    with pytest.raises(CaffeCompatError, match="unknown type 'Wrap'"):
+        netspec.build(net, caffe_pb2.TEST, source_shapes=lambda lp: opened.append(lp.name) or [(1, 1)])
+    assert opened == []
 
 
 def test_shared_params_are_one_tensor_and_loss_weights():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from caffecompat import outfiles
+from caffecompat.data.db import backend_name
 from caffecompat.data.image_mean import channel_means, compute_mean, write_mean
 from caffecompat.glog import info
 
@@ -15,25 +17,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the compute-mean subcommand."""
     p = subparsers.add_parser(
         "compute-mean",
-        help="compute the mean image of an LMDB database (Caffe's compute_image_mean)",
+        help="compute the mean image of an LMDB or LevelDB database (Caffe's compute_image_mean)",
         description=(
-            "Compute the mean image of the images in an LMDB database and write it as a "
+            "Compute the mean image of the images in an LMDB (or LevelDB) database and write it as a "
             "1 x C x H x W .binaryproto, usable as transform_param mean_file. Prints the per-channel "
             "mean values (for transform_param mean_value) as Caffe does."
         ),
     )
-    p.add_argument("db", metavar="DB_NAME", help="the LMDB database (a directory)")
+    p.add_argument("db", metavar="DB_NAME", help="the database (a directory)")
     p.add_argument("mean_file", metavar="MEAN_FILE", nargs="?",
                    help="where to write the mean .binaryproto (without it, only print the channel means)")
     p.add_argument("-backend", "--backend", dest="backend", default="lmdb",
-                   help="the database backend: lmdb (leveldb is not supported)")
+                   help="the database backend: lmdb (default) or leveldb (needs the plyvel package: "
+                        "pip install 'caffecompat[leveldb]')")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute, write and report the mean; exit status 0."""
-    info("db_lmdb.cpp:35", f"Opened lmdb {args.db}")
-    info("compute_image_mean.cpp:70", "Starting iteration")
+    backend_name(args.backend, f"-backend {args.backend}")
+    if args.mean_file:
+        # Before the pass over the database, not after it.
+        outfiles.check_writable(args.mean_file, "mean file")
     mean, count = compute_mean(args.db, args.backend)
     info("compute_image_mean.cpp:101", f"Processed {count} files.")
     if args.mean_file:

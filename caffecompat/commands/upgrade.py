@@ -9,9 +9,10 @@ from pathlib import Path
 
 from google.protobuf import message as pb_message
 
-from caffecompat import glog
+from caffecompat import glog, outfiles
+from caffecompat.commands.common import add_proto_flag
 from caffecompat.errors import CaffeCompatError
-from caffecompat.formats import caffemodel, protofile, upgrade
+from caffecompat.formats import caffemodel, forks, protofile, upgrade, userproto
 from caffecompat.proto import caffe_pb2
 
 _DESCRIPTION = """\
@@ -27,6 +28,11 @@ and is written atomically. OUT may be IN itself, to upgrade in place, when
 given as the same path. A file already in the current format is copied as it
 is, with a note. Exit status 1 when Caffe would report problems (a V0
 setting that has no place in the current format is dropped).
+
+With -proto FILE (a Caffe fork's caffe.proto), IN is read with that schema and
+copied into Caffe's by field names; fields caffecompat's schema lacks are
+listed in one error. Fork fields caffecompat's schema has (SSD, DeepLab/PSPNet,
+SegNet, ...) are kept as they are, -proto or not.
 """
 
 
@@ -47,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="IN is a solver prototxt, as upgrade_solver_proto_text")
     kind.add_argument("-text", "--text", action="store_true",
                       help="IN is a net prototxt, as upgrade_net_proto_text")
+    add_proto_flag(p)
     p.set_defaults(func=run)
 
 
@@ -59,11 +66,21 @@ def _check_paths(src: Path, dst: Path) -> None:
         )
 
 
+def _schema() -> tuple[type[pb_message.Message], type[pb_message.Message], userproto.UserSchema | None]:
+    """(NetParameter, SolverParameter, the user schema) to read IN with: -proto's, or ours."""
+    user = userproto.active()
+    if user is None:
+        return caffe_pb2.NetParameter, caffe_pb2.SolverParameter, None
+    schema = userproto.schema(user)
+    return schema.message_class("NetParameter"), schema.message_class("SolverParameter"), schema
+
+
 def _parse_text_as(
     text: str, cls: type[pb_message.Message], src: Path, what: str
 ) -> tuple[pb_message.Message | None, CaffeCompatError | None]:
+    schema = _schema()[2]
     try:
-        return protofile.parse_text(text, cls, src, what), None
+        return protofile.parse_text(text, cls, src, what, schema=schema and schema.label), None
     except CaffeCompatError as e:
         return None, e
 
@@ -84,17 +101,18 @@ def _detect(src: Path, data: bytes) -> tuple[str, pb_message.Message]:
     except UnicodeDecodeError:
         text = None
     text_error: CaffeCompatError | None = None
+    net_cls, solver_cls, _ = _schema()
     if text is not None:
-        net, net_err = _parse_text_as(text, caffe_pb2.NetParameter, src, "net prototxt")
+        net, net_err = _parse_text_as(text, net_cls, src, "net prototxt")
         if net is not None:
             return "net", net
-        solver, solver_err = _parse_text_as(text, caffe_pb2.SolverParameter, src, "solver prototxt")
+        solver, solver_err = _parse_text_as(text, solver_cls, src, "solver prototxt")
         if solver is not None:
             return "solver", solver
         # Neither: the kind the parser got further into is most likely what was meant.
         text_error = net_err if _error_line(net_err) >= _error_line(solver_err) else solver_err
     try:
-        net = protofile.parse_binary(data, caffe_pb2.NetParameter, src, "caffemodel")
+        net = protofile.parse_binary(data, net_cls, src, "caffemodel")
     except CaffeCompatError:
         if text_error is not None:
             raise text_error from None
@@ -108,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     """Upgrade args.input into args.output; 0 on success, 1 when Caffe would report problems."""
     src, dst = Path(args.input), Path(args.output)
     _check_paths(src, dst)
+    outfiles.check_writable(dst, "upgraded file")
+    net_cls, solver_cls, schema = _schema()
+    label = schema and schema.label
     if args.binary:
         kind, msg = "binary", None
     else:
@@ -115,15 +136,19 @@ def run(args: argparse.Namespace) -> int:
         if args.solver or args.text:
             text = _decode(src, data)
             if args.solver:
-                kind, msg = "solver", protofile.parse_text(text, caffe_pb2.SolverParameter, src,
-                                                           "solver prototxt")
+                kind, msg = "solver", protofile.parse_text(text, solver_cls, src, "solver prototxt", schema=label)
             else:
-                kind, msg = "net", protofile.parse_text(text, caffe_pb2.NetParameter, src, "net prototxt")
+                kind, msg = "net", protofile.parse_text(text, net_cls, src, "net prototxt", schema=label)
         else:
             kind, msg = _detect(src, data)
         del data
     if kind == "binary" and msg is None:
-        msg = protofile.read_binary(src, caffe_pb2.NetParameter, "caffemodel")
+        msg = protofile.read_binary(src, net_cls, "caffemodel")
+    if schema is not None:
+        # -proto: the fork's message, copied into Caffe's schema by field names.
+        ours = caffe_pb2.SolverParameter if kind == "solver" else caffe_pb2.NetParameter
+        msg, lacking = userproto.to_ours(msg, ours, schema.label, kind if kind == "solver" else "net")
+        forks.raise_problems(lacking, str(src))
 
     problems: list[str] = []
     if kind == "solver":

@@ -49,6 +49,7 @@ class DummyDataSource(DataSource):
             self._shapes = [tuple(int(d) for d in param.shape[i if len(param.shape) > 1 else 0].dim)
                             for i in range(n)]
         self.rng = child_rng(rng)
+        self._check_memory(2, "filled once and copied for each batch,")
         # DummyData refills only non-constant tops each forward; constant ones are filled once.
         self._fixed: list[np.ndarray | None] = [
             self._fill(i) if f.type == "constant" else None for i, f in enumerate(self.fillers)

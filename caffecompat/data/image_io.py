@@ -24,7 +24,7 @@ def read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # ValueError: a NUL character in the name
         raise ImageReadError(f"{path}: no such image file") from None
     except IsADirectoryError:
         raise ImageReadError(f"{path}: is a directory, expected an image file") from None

@@ -1,4 +1,4 @@
-"""Caffe's compute_image_mean: the mean image of an LMDB image database.
+"""Caffe's compute_image_mean: the mean image of an LMDB or LevelDB image database.
 
 Pixels are summed per position in float32, record after record, and the sums
 divided by the record count in float32, exactly as Caffe's float BlobProto
@@ -9,33 +9,34 @@ form Caffe writes.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from caffecompat.data import datum as datum_codec
-from caffecompat.data import lmdb_reader
+from caffecompat.data import db as dbs
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import protofile
 from caffecompat.formats.blob import array_to_blob
+from caffecompat.glog import info
 from caffecompat.progress import Progress
 from caffecompat.proto import caffe_pb2
 
 
 def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> tuple[np.ndarray, int]:
     """(mean image 1 x C x H x W float32, number of records) of the database at `db_path`."""
-    lmdb_reader.check_backend(backend.lower(), f"-backend {backend}")
-    where = "compute-mean"
-    env = lmdb_reader.open_env(os.path.abspath(db_path), where)
+    backend = dbs.backend_name(backend, f"-backend {backend}")
+    where = ""  # messages name the database itself
+    reader = dbs.open_reader(db_path, backend, where)
     try:
-        total = lmdb_reader.count(env)
+        info(*dbs.opened_line(backend, db_path))
+        total = reader.count()
         if total == 0:
-            raise CaffeCompatError(f"{where}: LMDB database {db_path} has no records")
+            raise CaffeCompatError(f"{'LevelDB' if backend == 'leveldb' else 'LMDB'} database {db_path} has no records")
+        info("compute_image_mean.cpp:70", "Starting iteration")
         bar = Progress("compute-mean", total, unit="images") if progress else None
         sums: np.ndarray | None = None
         first_key = b""
         count = 0
-        for key, value in lmdb_reader.records(env, db_path, where):
+        for key, value in reader.records():
             what = f"{db_path} record '{key.decode('utf-8', errors='replace')}'"
             img = datum_codec.to_array(datum_codec.parse(value, what), datum_codec.ColorMode.NATIVE, what)
             if sums is None:
@@ -55,7 +56,7 @@ def compute_mean(db_path: str, backend: str = "lmdb", progress: bool = True) -> 
         if bar is not None:
             bar.close()
     finally:
-        lmdb_reader.close_env(env)
+        reader.close()
     assert sums is not None
     # The sums are divided by the count in float arithmetic.
     return (sums / np.float32(count))[np.newaxis], count
@@ -70,7 +71,7 @@ def channel_means(mean: np.ndarray) -> list[float]:
 
 def write_mean(path: str, mean: np.ndarray) -> None:
     """Write a 1 x C x H x W mean as Caffe does: a BlobProto with legacy num/channels/height/width."""
-    protofile.write_atomic(path, as_blob(mean).SerializeToString())
+    protofile.write_atomic(path, as_blob(mean).SerializeToString(), "mean file")
 
 
 def as_blob(mean: np.ndarray) -> caffe_pb2.BlobProto:

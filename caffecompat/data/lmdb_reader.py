@@ -8,26 +8,13 @@ MDB_NOLOCK fallback allows.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 
 import lmdb
 
-from caffecompat.errors import CaffeCompatError, NotSupportedError
-from caffecompat.proto import caffe_pb2
-
-
-def check_backend(backend: int | str, where: str) -> None:
-    """Only LMDB is supported; LevelDB (Caffe's DataParameter default) is refused clearly."""
-    if backend in (caffe_pb2.DataParameter.LMDB, "lmdb"):
-        return
-    if backend in (caffe_pb2.DataParameter.LEVELDB, "leveldb"):
-        raise NotSupportedError(
-            f"LevelDB databases ({where}); convert the images to LMDB with convert-lmdb, and set "
-            "`backend: LMDB` (Caffe's Data layer defaults to LEVELDB when backend is unset)"
-        )
-    raise CaffeCompatError(f"{where}: unknown database backend {backend!r}; use lmdb")
-
+from caffecompat.errors import CaffeCompatError
 
 # py-lmdb allows one Environment per database per process, while Caffe lets a
 # TRAIN and a TEST Data layer read the same database: environments are shared
@@ -36,19 +23,81 @@ _ENVS: dict[str, list] = {}  # absolute path -> [environment, users]
 _ENVS_LOCK = threading.Lock()
 
 
+# LMDB's on-disk header (lmdb.h / mdb.c, 64-bit builds): two meta pages at the start of data.mdb.
+# Each page starts with a 16-byte page header; the meta that follows holds the magic and version,
+# the page size (in the free-page DB's md_pad), the last page used and the transaction id.
+_MDB_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<II8xQI44x48xQQ")  # magic, version, mapsize, psize, ..., last_pg, txnid
+_META_OFFSET = 16
+
+
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def _meta(raw: bytes) -> tuple[int, int, int] | None:
+    """(page size, last page, txnid) of one meta page, or None if it is not one."""
+    if len(raw) < _META_OFFSET + _META.size:
+        return None
+    fields = _META.unpack_from(raw, _META_OFFSET)
+    if fields[0] != _MDB_MAGIC:
+        return None
+    return fields[3], fields[-2], fields[-1]
+
+
+def check_data_file(path: str, where: str) -> None:
+    """Fail clearly when data.mdb is not an LMDB file or is shorter than its own header says.
+
+    Mapping a truncated data.mdb and reading past its end kills the process
+    with SIGBUS; an interrupted copy of a database produces exactly that file.
+    """
+    prefix = _prefix(where)
+    data = os.path.join(path, "data.mdb")
+    try:
+        size = os.path.getsize(data)
+        with open(data, "rb") as f:
+            first = f.read(4096)
+            meta0 = _meta(first)
+            meta1 = None
+            if meta0 is not None:
+                f.seek(meta0[0])
+                meta1 = _meta(f.read(_META_OFFSET + _META.size))
+    except OSError as e:
+        raise CaffeCompatError(f"{prefix}cannot read LMDB database {path}: {e.strerror}") from None
+    if meta0 is None:
+        raise CaffeCompatError(f"{prefix}{path} is not an LMDB database: data.mdb does not start with "
+                               "LMDB's header (is it another kind of file, or truncated to nothing?)")
+    psize = meta0[0]
+    if not 512 <= psize <= 1 << 16 or psize & (psize - 1):
+        raise CaffeCompatError(f"{prefix}{path}: data.mdb has a corrupt header (page size {psize})")
+    if meta1 is None:
+        raise CaffeCompatError(f"{prefix}{path}: data.mdb is truncated: {size} bytes, shorter than LMDB's two "
+                               f"header pages ({2 * psize} bytes); copy the database again")
+    # The meta page with the larger transaction id describes the committed database.
+    _, last_page, _ = max(meta0, meta1, key=lambda m: m[2])
+    needed = (last_page + 1) * psize
+    if size < needed:
+        raise CaffeCompatError(f"{prefix}{path}: data.mdb is truncated: {size} bytes, but its header says the "
+                               f"database fills {needed} bytes (was the copy interrupted?); copy the database "
+                               "again or rebuild it with convert-lmdb")
+
+
 def open_env(path: str, where: str) -> lmdb.Environment:
-    """Open the LMDB directory `path` read-only; missing or non-LMDB paths raise a CaffeCompatError.
+    """Open the LMDB directory `path` read-only; missing, non-LMDB or truncated databases raise a
+    CaffeCompatError (prefixed by `where` when it is not empty).
 
     Release it with `close_env` when done.
     """
+    prefix = _prefix(where)
     if not os.path.exists(path):
-        raise CaffeCompatError(f"{where}: no such LMDB database: {path}")
+        raise CaffeCompatError(f"{prefix}no such LMDB database: {path}")
     if not os.path.isdir(path):
         raise CaffeCompatError(
-            f"{where}: {path} is a file; an LMDB database is a directory holding data.mdb"
+            f"{prefix}{path} is a file; an LMDB database is a directory holding data.mdb"
         )
     if not os.path.exists(os.path.join(path, "data.mdb")):
-        raise CaffeCompatError(f"{where}: {path} is not an LMDB database (no data.mdb in it)")
+        raise CaffeCompatError(f"{prefix}{path} is not an LMDB database (no data.mdb in it)")
+    check_data_file(path, where)
     key = os.path.realpath(path)
     with _ENVS_LOCK:
         if key in _ENVS:
@@ -57,7 +106,7 @@ def open_env(path: str, where: str) -> lmdb.Environment:
         try:
             env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
         except lmdb.Error as e:
-            raise CaffeCompatError(f"{where}: cannot open LMDB database {path}: {e}") from None
+            raise CaffeCompatError(f"{prefix}cannot open LMDB database {path}: {e}") from None
         _ENVS[key] = [env, 1]
         return env
 
@@ -85,7 +134,7 @@ def first(env: lmdb.Environment, path: str, where: str) -> tuple[bytes, bytes]:
     with env.begin(buffers=False) as txn:
         cursor = txn.cursor()
         if not cursor.first():
-            raise CaffeCompatError(f"{where}: LMDB database {path} has no records")
+            raise CaffeCompatError(f"{_prefix(where)}LMDB database {path} has no records")
         return cursor.key(), cursor.value()
 
 
@@ -95,7 +144,7 @@ def records(env: lmdb.Environment, path: str, where: str) -> Iterator[tuple[byte
         with env.begin(buffers=False) as txn:
             yield from txn.cursor()
     except lmdb.Error as e:
-        raise CaffeCompatError(f"{where}: cannot read LMDB database {path}: {e}") from None
+        raise CaffeCompatError(f"{_prefix(where)}cannot read LMDB database {path}: {e}") from None
 
 
 def cycle(env: lmdb.Environment, path: str, where: str,
@@ -108,7 +157,7 @@ def cycle(env: lmdb.Environment, path: str, where: str,
         with env.begin(buffers=False) as txn:
             cursor = txn.cursor()
             if not cursor.first():
-                raise CaffeCompatError(f"{where}: LMDB database {path} has no records")
+                raise CaffeCompatError(f"{_prefix(where)}LMDB database {path} has no records")
             while True:
                 yield cursor.key(), cursor.value()
                 if not cursor.next():
@@ -116,4 +165,4 @@ def cycle(env: lmdb.Environment, path: str, where: str,
                         on_restart()
                     cursor.first()
     except lmdb.Error as e:
-        raise CaffeCompatError(f"{where}: cannot read LMDB database {path}: {e}") from None
+        raise CaffeCompatError(f"{_prefix(where)}cannot read LMDB database {path}: {e}") from None

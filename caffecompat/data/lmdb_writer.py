@@ -2,18 +2,20 @@
 
 The records go to a temporary directory beside the target, renamed to the
 target name only when everything was written: a failed or interrupted run
-leaves no half-written database behind. The map grows by doubling when full,
+leaves no half-written database behind (and the folder of a killed run is
+removed by the next run writing beside it: caffecompat.outfiles). The map grows by doubling when full,
 as Caffe's db_lmdb.cpp does, so no size has to be guessed up front.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-import tempfile
 
 import lmdb
 
+from caffecompat import outfiles
 from caffecompat.errors import CaffeCompatError
 
 _INITIAL_MAP_SIZE = 1 << 28
@@ -24,6 +26,7 @@ class LmdbWriter:
 
     def __init__(self, path: str, overwrite: bool = False) -> None:
         self.path = os.path.abspath(path)
+        self.name = path
         if os.path.lexists(self.path) and not overwrite:
             raise CaffeCompatError(
                 f"{path} already exists; choose another name or pass -overwrite to replace it"
@@ -31,13 +34,33 @@ class LmdbWriter:
         parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
             raise CaffeCompatError(f"{path}: the folder {parent} does not exist")
-        try:
-            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.partial-", dir=parent)
-        except OSError as e:
-            raise CaffeCompatError(f"{path}: cannot create a database in {parent}: {e.strerror}") from None
+        # A recognizable temporary folder (mode 0777 less the umask); those of killed runs are swept.
+        self.tmp = os.path.abspath(outfiles.make_temp_dir(path, "database"))
         self._map_size = _INITIAL_MAP_SIZE
-        self.env = lmdb.open(self.tmp, map_size=self._map_size, subdir=True, readahead=False)
+        try:
+            # Files 0664 less the umask, as Caffe's db_lmdb.cpp opens them. No lock file: the folder is
+            # ours alone until renamed, and LMDB maps its lock file, whose first write on a full disk
+            # would be a SIGBUS rather than an error (readers create it when they need it).
+            self.env = lmdb.open(self.tmp, map_size=self._map_size, subdir=True, readahead=False, mode=0o664,
+                                 lock=False)
+        except lmdb.Error as e:
+            outfiles.discard(self.tmp)
+            raise self._error(e) from None
         self._pending: list[tuple[bytes, bytes]] = []
+
+    def _error(self, e: Exception) -> CaffeCompatError:
+        """A failed LMDB or file operation as one line: the database, the reason, what is left."""
+        parent = os.path.dirname(self.path)
+        if isinstance(e, OSError):
+            reason = outfiles.os_reason(e, parent)
+        else:
+            reason = f"LMDB says {e}"
+            free = outfiles.free_bytes(parent)
+            # LMDB reports a full disk as an I/O error; say what it is.
+            if free is not None and free < 1 << 20:
+                reason = f"{outfiles.os_reason(OSError(errno.ENOSPC, 'full'), parent)} ({reason})"
+        kept = "the existing database is unchanged" if os.path.lexists(self.path) else "no database was written"
+        return CaffeCompatError(f"{self.name}: cannot write the database: {reason}; {kept}")
 
     def put(self, key: bytes, value: bytes) -> None:
         """Queue one record for the next commit."""
@@ -54,7 +77,12 @@ class LmdbWriter:
             except lmdb.MapFullError:
                 # db_lmdb.cpp: on MDB_MAP_FULL, double the map size and redo the transaction.
                 self._map_size *= 2
-                self.env.set_mapsize(self._map_size)
+                try:
+                    self.env.set_mapsize(self._map_size)
+                except lmdb.Error as e:
+                    raise self._error(e) from None
+            except lmdb.Error as e:
+                raise self._error(e) from None
         self._pending.clear()
 
     def finish(self) -> None:
@@ -63,10 +91,15 @@ class LmdbWriter:
             self.commit()
         self.env.close()
         old = None
-        if os.path.lexists(self.path):
-            old = self.tmp + ".old"
-            os.rename(self.path, old)
-        os.rename(self.tmp, self.path)
+        try:
+            if os.path.lexists(self.path):
+                old = str(outfiles.temp_path(self.path))
+                os.rename(self.path, old)
+            os.rename(self.tmp, self.path)
+        except OSError as e:
+            if old is not None and not os.path.lexists(self.path):
+                os.rename(old, self.path)
+            raise self._error(e) from None
         if old is not None:
             _remove(old)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import message as pb_message
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import protofile, upgrade
@@ -50,13 +51,16 @@ class Weights:
     """A caffemodel's layers and their blobs as numpy arrays.
 
     `net` is the upgraded NetParameter with every blob's shape but no blob data.
-    `blobs` maps each layer name, in the file's layer order, to its blobs as
-    float32 arrays (legacy blobs are 4-D num x channels x height x width, as
-    Caffe reads them); layers without blobs map to an empty list.
+    `layers` lists (layer name, its blobs as float32 arrays) in the file's order,
+    a name as often as the file has it (legacy blobs are 4-D num x channels x
+    height x width, as Caffe reads them; layers without blobs have an empty
+    list). `blobs` maps each name to its blobs; for a name the file repeats, the
+    last layer's (what copying them in order into one net layer leaves).
     """
 
     net: caffe_pb2.NetParameter
     blobs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    layers: list[tuple[str, list[np.ndarray]]] = field(default_factory=list)
 
 
 def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
@@ -296,9 +300,12 @@ def _scan(r: _Reader, path: str) -> tuple[bytes, list[tuple[int, int, list[np.nd
 
 def _layer_name(net: caffe_pb2.NetParameter, number: int, index: int) -> str:
     if number == _NET_LAYER:
-        return net.layer[index].name
-    v1 = net.layers[index]
-    return v1.layer.name if v1.HasField("layer") and not v1.HasField("name") else v1.name
+        name = net.layer[index].name
+    else:
+        v1 = net.layers[index]
+        name = v1.layer.name if v1.HasField("layer") and not v1.HasField("name") else v1.name
+    # protobuf hands back a name that is not UTF-8 as bytes; no net layer can match it, but messages print it.
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else name
 
 
 def read_weights(path: str | os.PathLike) -> Weights:
@@ -314,18 +321,32 @@ def read_weights(path: str | os.PathLike) -> Weights:
         with open(p, "rb", buffering=1 << 16) as f:
             structure, layers = _scan(_Reader(f, size), str(p))
     except _Malformed as e:
+        _refuse_solverstate(p)
         raise CaffeCompatError(
             f"{p}: not a valid {WHAT} (NetParameter protobuf): {e}; "
             "the file may be truncated or of another kind"
         ) from None
     net = protofile.parse_binary(structure, caffe_pb2.NetParameter, p, WHAT)
+    if not len(net.layer) and not len(net.layers):
+        _refuse_solverstate(p)
     _check_has_layers(net, p)
-    blobs: dict[str, list[np.ndarray]] = {}
-    for number, index, arrays in layers:
-        # Two layers of one name: the later one's blobs win, as when Caffe copies them in order.
-        blobs[_layer_name(net, number, index)] = arrays
+    named = [(_layer_name(net, number, index), arrays) for number, index, arrays in layers]
     upgrade.upgrade_net(net, str(p))
-    return Weights(net=net, blobs=blobs)
+    return Weights(net=net, blobs=dict(named), layers=named)
+
+
+def _refuse_solverstate(p: Path) -> None:
+    # A .solverstate given where weights are expected: say what it is and which flag takes it.
+    state = caffe_pb2.SolverState()
+    try:
+        state.ParseFromString(p.read_bytes())
+    except (OSError, pb_message.DecodeError):
+        return
+    if state.learned_net and state.history:
+        raise CaffeCompatError(
+            f"{p}: is a solver snapshot (.solverstate), not a caffemodel: to resume training give it to "
+            f"-snapshot; the weights it goes with are in {state.learned_net}"
+        )
 
 
 def _file_size(p: Path) -> int:
@@ -337,6 +358,8 @@ def _file_size(p: Path) -> int:
         raise CaffeCompatError(f"{p}: no such {WHAT} file") from None
     except OSError as e:
         raise CaffeCompatError(f"{p}: cannot read {WHAT} file: {e.strerror}") from None
+    except ValueError:  # a NUL character, which no file name can hold
+        raise CaffeCompatError(f"{str(p)!r}: no such {WHAT} file (the name holds a NUL character)") from None
     if size == 0:
         raise CaffeCompatError(f"{p}: {WHAT} file is empty")
     return size

@@ -3,13 +3,14 @@
 Binary files (.caffemodel, .binaryproto, .solverstate) are serialized messages;
 text files (.prototxt) are protobuf text format. Writes are atomic: the bytes
 go to a temporary file beside the target, which is renamed over it at the end,
-so an interrupted write never leaves a half-written file under the real name.
+so an interrupted write never leaves a half-written file under the real name
+(caffecompat.outfiles, which also clears temporary files of killed runs).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -17,9 +18,14 @@ from typing import TypeVar
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+from caffecompat import outfiles
 from caffecompat.errors import CaffeCompatError
 
 M = TypeVar("M", bound=pb_message.Message)
+
+_UNKNOWN_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+# The forks whose fields our schema has (proto/forks.proto), for the unknown-field error.
+FORKS_KNOWN = "SSD, DeepLab/PSPNet, SegNet, ShuffleNet, ReLU6, Fast R-CNN, R-FCN, pooling ceil_mode"
 
 
 def read_bytes(path: str | os.PathLike, what: str) -> bytes:
@@ -33,6 +39,8 @@ def read_bytes(path: str | os.PathLike, what: str) -> bytes:
         raise CaffeCompatError(f"{p}: is a directory, expected a {what} file") from None
     except OSError as e:
         raise CaffeCompatError(f"{p}: cannot read {what} file: {e.strerror}") from None
+    except ValueError:  # a NUL character, which no file name can hold
+        raise CaffeCompatError(f"{str(p)!r}: no such {what} file (the name holds a NUL character)") from None
     if not data:
         raise CaffeCompatError(f"{p}: {what} file is empty")
     return data
@@ -56,54 +64,58 @@ def read_binary(path: str | os.PathLike, cls: type[M], what: str) -> M:
     return parse_binary(read_bytes(path, what), cls, path, what)
 
 
-def parse_text(text: str, cls: type[M], path: str | os.PathLike, what: str) -> M:
-    """Parse protobuf text format; errors carry file:line:column as protobuf reports them."""
+def parse_text(text: str, cls: type[M], path: str | os.PathLike, what: str, *, schema: str | None = None) -> M:
+    """Parse protobuf text format; errors carry file:line:column as protobuf reports them.
+
+    `schema` names the user's caffe.proto the class comes from (-proto), for the
+    error about a field it lacks.
+    """
     msg = cls()
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
         loc = f"{path}:{e.GetLine()}:{e.GetColumn()}" if e.GetLine() is not None else str(path)
         detail = str(e).split(" : ", 1)[-1] if e.GetLine() is not None else str(e)
+        unknown = _UNKNOWN_FIELD.match(detail)
+        if unknown:
+            message, field = unknown.group(1).rsplit(".", 1)[-1], unknown.group(2)
+            if schema is None:
+                detail = (f"unknown field '{field}' in {message}: neither BVLC Caffe nor the Caffe forks caffecompat "
+                          f"reads ({FORKS_KNOWN}) have it; if the file comes from another Caffe fork, give that "
+                          "fork's caffe.proto with -proto FILE")
+            else:
+                detail = (f"unknown field '{field}' in {message}: {schema} has no such field; is it the "
+                          "caffe.proto of the fork this file comes from?")
         raise CaffeCompatError(f"{loc}: malformed {what}: {detail}") from None
     return msg
 
 
-def read_text(path: str | os.PathLike, cls: type[M], what: str) -> M:
-    """Read a protobuf text file (prototxt)."""
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """A text file's contents (a prototxt), or a CaffeCompatError naming it."""
     data = read_bytes(path, what)
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise CaffeCompatError(f"{path}: {what} is not text (is it a binary file?)") from None
-    return parse_text(text, cls, path, what)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes | memoryview]) -> None:
+def read_text(path: str | os.PathLike, cls: type[M], what: str) -> M:
+    """Read a protobuf text file (prototxt)."""
+    return parse_text(read_text_file(path, what), cls, path, what)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes | memoryview], what: str = "file") -> None:
     """Write `data` (bytes, or buffers written one after another) to `path` through a
-    temporary file and a rename."""
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise CaffeCompatError(f"{p}: cannot write, folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                f.write(data)
-            else:
-                for chunk in data:
-                    f.write(chunk)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    temporary file and a rename; a failure leaves the old file and no temporary file
+    (see caffecompat.outfiles)."""
+    outfiles.write_atomic(path, data, what)
 
 
-def write_binary(path: str | os.PathLike, msg: pb_message.Message) -> None:
+def write_binary(path: str | os.PathLike, msg: pb_message.Message, what: str = "file") -> None:
     """Serialize `msg` to `path` atomically."""
-    write_atomic(path, msg.SerializeToString())
+    write_atomic(path, msg.SerializeToString(), what)
 
 
-def write_text(path: str | os.PathLike, msg: pb_message.Message) -> None:
+def write_text(path: str | os.PathLike, msg: pb_message.Message, what: str = "file") -> None:
     """Write `msg` as protobuf text to `path` atomically."""
-    write_atomic(path, text_format.MessageToString(msg).encode("utf-8"))
+    write_atomic(path, text_format.MessageToString(msg).encode("utf-8"), what)

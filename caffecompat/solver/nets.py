@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.net import read_net_prototxt
@@ -17,6 +18,28 @@ class NetSource:
     net: caffe_pb2.NetParameter
     source: str
     state: caffe_pb2.NetState
+
+
+def check_net_files(param: caffe_pb2.SolverParameter, solver_file: str) -> None:
+    """Each net file the solver names (net, train_net, test_net) exists, or an error naming the solver and field.
+
+    Caffe opens them relative to the working directory, not to the solver file.
+    """
+    named = [(f, getattr(param, f)) for f in ("net", "train_net") if param.HasField(f)]
+    named += [(f"test_net #{i}", path) for i, path in enumerate(param.test_net)]
+    for field, path in named:
+        p = Path(path)
+        if p.is_file():
+            continue
+        what = "is a folder, not a net prototxt" if p.is_dir() else "no such net prototxt"
+        message = f"{solver_file}: {field}: \"{path}\": {what}"
+        beside = Path(solver_file).parent / path
+        if not p.is_absolute() and not p.exists() and beside.is_file():
+            message += (f" in the working directory {Path.cwd()} (Caffe reads it from there); it exists beside the "
+                        f"solver as {beside}: run from {Path(solver_file).parent} or give that path")
+        elif not p.is_absolute():
+            message += f" (relative paths are read from the working directory {Path.cwd()}, as Caffe does)"
+        raise CaffeCompatError(message)
 
 
 def _merged_state(phase: int, net: caffe_pb2.NetParameter, override: caffe_pb2.NetState | None) -> caffe_pb2.NetState:

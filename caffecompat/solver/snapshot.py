@@ -1,18 +1,19 @@
-"""Net::ToProto for snapshots: the resolved TRAIN net's layers with their blobs, as Caffe writes them."""
+"""Snapshots: Net::ToProto (the resolved TRAIN net's layers with their blobs, as Caffe writes them) and
+Solver::Snapshot's pair of files, written all-or-nothing."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from caffecompat import glog
-from caffecompat.formats import protofile
+from caffecompat import glog, outfiles
+from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.blob import array_to_blob
 from caffecompat.layers import registry
 from caffecompat.net.spec import NetSpec
 from caffecompat.proto import caffe_pb2
+from caffecompat.solver.solverstate import solverstate_proto
 
 
 def net_to_proto(spec: NetSpec, values: Mapping[str, np.ndarray],
@@ -39,8 +40,35 @@ def net_to_proto(spec: NetSpec, values: Mapping[str, np.ndarray],
     return net
 
 
-def write_snapshot_model(path: str | os.PathLike, spec: NetSpec, values: Mapping[str, np.ndarray],
-                         diffs: Mapping[str, np.ndarray] | None = None) -> None:
-    """Write the .caffemodel of a snapshot atomically, with Caffe's log line."""
-    glog.info("solver.cpp:464", f"Snapshotting to binary proto file {path}")
-    protofile.write_binary(path, net_to_proto(spec, values, diffs))
+def write_snapshot(model_path: str, state_path: str, spec: NetSpec, values: Mapping[str, np.ndarray],
+                   diffs: Mapping[str, np.ndarray] | None, iteration: int, history: Sequence[np.ndarray],
+                   current_step: int) -> None:
+    """Solver::Snapshot: the .caffemodel, then the .solverstate naming it, both or neither.
+
+    Each goes to a temporary file first; only when both are complete are they
+    renamed, so a failed write (or a kill) never leaves a snapshot half-written.
+    """
+    glog.info("solver.cpp:464", f"Snapshotting to binary proto file {model_path}")
+    model_tmp = outfiles.write_temp(model_path, net_to_proto(spec, values, diffs).SerializeToString(), "snapshot")
+    state_tmp = None
+    try:
+        glog.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {state_path}")
+        state = solverstate_proto(iteration, model_path, history, current_step).SerializeToString()
+        state_tmp = outfiles.write_temp(state_path, state, "snapshot")
+        del state
+        outfiles.commit(model_tmp, model_path, "snapshot")
+    except BaseException:
+        outfiles.discard(model_tmp)
+        if state_tmp is not None:
+            outfiles.discard(state_tmp)
+        raise
+    outfiles.commit(state_tmp, state_path, "snapshot")
+
+
+def snapshot_failed(error: CaffeCompatError, iteration: int, last: str | None) -> CaffeCompatError:
+    """The error that stops training when the snapshot of `iteration` could not be written."""
+    if last:
+        where = f"the last complete snapshot is {last}: resume with -snapshot {last}"
+    else:
+        where = "this run wrote no snapshot before"
+    return CaffeCompatError(f"{error}; training stopped at iteration {iteration} without this snapshot; {where}")

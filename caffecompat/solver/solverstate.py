@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from google.protobuf import message as pb_message
 
 from caffecompat import glog
 from caffecompat.errors import CaffeCompatError, NotSupportedError
@@ -65,6 +66,20 @@ def _refuse_hdf5(path: str | os.PathLike) -> None:
         )
 
 
+def _refuse_caffemodel(data: bytes, path: str | os.PathLike) -> None:
+    # Any bytes parse as some SolverState; a file that is a net with layers is a caffemodel given by mistake.
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except pb_message.DecodeError:  # not a NetParameter either: the caller's error stands
+        return
+    if len(net.layer) or len(net.layers):
+        raise CaffeCompatError(
+            f"{path}: is a caffemodel (trained weights), not a .solverstate: to start training from these "
+            f"weights use -weights {path}; to resume a run, give the .solverstate written beside its caffemodel"
+        )
+
+
 def read_solverstate(path: str | os.PathLike) -> SolverStateData:
     """Read a binary .solverstate file."""
     _refuse_hdf5(path)
@@ -73,12 +88,20 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateData:
         raise NotSupportedError(
             f"HDF5 solver state {path}; resume from a binary .solverstate (snapshot_format: BINARYPROTO)"
         )
-    state = protofile.parse_binary(data, caffe_pb2.SolverState, path, "solverstate")
+    try:
+        state = protofile.parse_binary(data, caffe_pb2.SolverState, path, "solverstate")
+    except CaffeCompatError:
+        _refuse_caffemodel(data, path)
+        raise
+    if not state.history and not state.learned_net:
+        _refuse_caffemodel(data, path)
     history = [blob_to_array(b, where=f"{path} history blob #{i}") for i, b in enumerate(state.history)]
     legacy = [not b.HasField("shape") and b.HasField("num") for b in state.history]
+    learned = state.learned_net
     return SolverStateData(
         iteration=state.iter,
-        learned_net=state.learned_net,
+        # protobuf hands back a string that is not UTF-8 as bytes: a file name all the same.
+        learned_net=os.fsdecode(learned) if isinstance(learned, bytes) else learned,
         history=history,
         current_step=state.current_step,
         legacy_shapes=legacy,
@@ -94,14 +117,21 @@ def write_solverstate(
 ) -> None:
     """SGDSolver::SnapshotSolverStateToBinaryProto: write the state (atomically) and log it."""
     _refuse_hdf5(path)
+    state = solverstate_proto(iteration, learned_net, history, current_step)
+    glog.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {path}")
+    protofile.write_binary(path, state, "solver state")
+
+
+def solverstate_proto(iteration: int, learned_net: str, history: Sequence[np.ndarray],
+                      current_step: int) -> caffe_pb2.SolverState:
+    """The SolverState message SGDSolver::SnapshotSolverStateToBinaryProto writes."""
     state = caffe_pb2.SolverState()
     state.iter = iteration
     state.learned_net = learned_net
     state.current_step = current_step
     for h in history:
         array_to_blob(h, state.history.add())
-    glog.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {path}")
-    protofile.write_binary(path, state)
+    return state
 
 
 def _shape_matches(stored: tuple[int, ...], expected: tuple[int, ...], legacy: bool) -> bool:
