@@ -1,0 +1,662 @@
+"""pycaffe's Net, its blobs and layers, its solvers and the mode functions, over caffecompat's runtime.
+
+    import caffecompat as caffe
+    net = caffe.Net("deploy.prototxt", caffe.TEST, weights="weights.caffemodel")
+    net.blobs["data"].data[...] = image
+    out = net.forward()
+
+A Net runs as caffecompat.runtime.segments runs it: every blob's `.data` and
+`.diff` are numpy arrays the layers read and write, `forward`/`backward` run
+any layer range, and Python layers sit between the ONNX segments. The
+semantics are Caffe's: blobs hold what Caffe's hold after each call (in-place
+layers overwrite), parameter diffs accumulate until `clear_param_diffs()`,
+data written into a blob before `forward(start=...)` feeds that layer, and a
+reshaped input blob reshapes the net. The solvers are caffecompat's solver
+loop (same logs, snapshots and numbers as `caffecompat train`); `solver.net`
+and `solver.test_nets` are Net views over its live parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caffecompat import glog
+from caffecompat.errors import CaffeCompatError
+from caffecompat.layers import registry
+from caffecompat.proto import caffe_pb2
+from caffecompat.runtime.blob import Blob, BlobVec
+from caffecompat.runtime.python_layers import Layer
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+# As pycaffe's glog: GLOG_minloglevel, GLOG_logtostderr and GLOG_log_dir from the environment apply.
+glog.configure_once("python")
+
+_MODE: dict[str, Any] = {"gpu": False, "device": 0}
+_RNG: list[np.random.Generator] = [np.random.default_rng()]
+
+
+def set_mode_cpu() -> None:
+    """Run nets created from now on on the CPU (the default)."""
+    _MODE["gpu"] = False
+
+
+def set_mode_gpu() -> None:
+    """Run nets created from now on on CUDA device `set_device(n)` (default 0); needs onnxruntime-gpu."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise CaffeCompatError(f"set_mode_gpu: this onnxruntime ({ort.__version__}) has no CUDA execution provider: "
+                               "pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]'")
+    _MODE["gpu"] = True
+
+
+def set_device(device_id: int) -> None:
+    """The CUDA device of nets created in GPU mode."""
+    if int(device_id) < 0:
+        raise CaffeCompatError(f"set_device({device_id}): device ids start at 0")
+    _MODE["device"] = int(device_id)
+
+
+def set_random_seed(seed: int) -> None:
+    """Caffe::set_random_seed: the seed of fillers, Dropout masks and data shuffling of nets made afterwards."""
+    _RNG[0] = np.random.default_rng(int(seed))
+
+
+def layer_type_list() -> list[str]:
+    """Every layer type caffecompat runs (LayerRegistry::LayerTypeList), sorted."""
+    return registry.supported_types()
+
+
+def _providers() -> list:
+    from caffecompat.runtime.providers import resolve
+
+    return resolve(_MODE["device"]) if _MODE["gpu"] else ["CPUExecutionProvider"]
+
+
+def _net_rng() -> np.random.Generator:
+    # Every net draws from Caffe's one global generator; each gets its own stream seeded from it.
+    return np.random.Generator(np.random.PCG64(int(_RNG[0].integers(2**63))))
+
+
+# -- MemoryData (set_input_arrays) -----------------------------------------------------
+
+
+class MemorySource:
+    """MemoryDataLayer: batches of the arrays given to `Net.set_input_arrays`, in order, wrapping around."""
+
+    def __init__(self, layer: caffe_pb2.LayerParameter) -> None:
+        p = layer.memory_data_param
+        self.name = layer.name
+        self.batch, self.chw = p.batch_size, (p.channels, p.height, p.width)
+        if self.batch * p.channels * p.height * p.width <= 0:
+            raise CaffeCompatError(f"layer '{layer.name}' (MemoryData): batch_size, channels, height and width must "
+                                   "be given and positive in memory_data_param")
+        self.data: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self.pos = 0
+
+    def top_shapes(self) -> list[tuple[int, ...]]:
+        return [(self.batch, *self.chw), (self.batch,)]
+
+    def reset(self, data: np.ndarray, labels: np.ndarray) -> None:
+        self.data, self.labels, self.pos = data, labels.reshape(-1), 0
+
+    def next_batch(self) -> list[np.ndarray]:
+        if self.data is None:
+            raise CaffeCompatError(f"layer '{self.name}' (MemoryData): no data yet; call net.set_input_arrays(data, "
+                                   "labels) first")
+        a, b = self.pos, self.pos + self.batch
+        self.pos = b % len(self.data)
+        return [self.data[a:b], self.labels[a:b]]
+
+    def close(self) -> None:
+        self.data = self.labels = None
+
+
+def _make_source(layer: caffe_pb2.LayerParameter, phase: int, rng: np.random.Generator):
+    if layer.type == "MemoryData":
+        return MemorySource(layer)
+    from caffecompat.data import make_source
+
+    return make_source(layer, phase, rng)
+
+
+# -- Net -----------------------------------------------------------------------------
+
+
+class _LayerView:
+    """A layer of a Net as pycaffe shows it: `type` and its parameter `blobs`."""
+
+    def __init__(self, type_name: str, blobs: BlobVec) -> None:
+        self.type = type_name
+        self.blobs = blobs
+
+    def __repr__(self) -> str:
+        return f"<Layer type={self.type} blobs={len(self.blobs)}>"
+
+
+def _parse_net_args(args: tuple, phase: int | None, level: int, stages: Sequence[str] | None,
+                    weights: str | None) -> tuple[int, int, list[str], str | None]:
+    # Net(file, phase[, level, stages, weights]) and the legacy Net(file, weights, phase).
+    args = list(args)
+    if args and isinstance(args[0], (str, os.PathLike)):
+        if weights is not None:
+            raise TypeError("Net(): weights given twice")
+        weights = os.fspath(args.pop(0))
+    if args:
+        if phase is not None:
+            raise TypeError("Net(): phase given twice")
+        phase = args.pop(0)
+    for name in ("level", "stages", "weights"):
+        if args:
+            value = args.pop(0)
+            if name == "level":
+                level = value
+            elif name == "stages":
+                stages = value
+            else:
+                weights = value
+    if args:
+        raise TypeError("Net(network_file, phase, level=0, stages=None, weights=None): too many arguments")
+    if phase is None:
+        raise TypeError("Net(network_file, phase, ...): give the phase, caffecompat.TRAIN or caffecompat.TEST")
+    if phase not in (TRAIN, TEST):
+        raise CaffeCompatError(f"Net(): phase {phase!r}: use caffecompat.TRAIN or caffecompat.TEST")
+    return int(phase), int(level), list(stages or []), None if weights is None else os.fspath(weights)
+
+
+class Net:
+    """Caffe's Net as pycaffe exposes it (see the module docstring)."""
+
+    def __init__(self, network_file: str | os.PathLike, *args: Any, phase: int | None = None, level: int = 0,
+                 stages: Sequence[str] | None = None, weights: str | os.PathLike | None = None) -> None:
+        from caffecompat.formats.net import read_net_prototxt
+        from caffecompat.net.state import make_state
+        from caffecompat.net.weights import init_params, load_caffemodel
+        from caffecompat.runtime.feeder import build_with_data
+        from caffecompat.runtime.segments import SegmentedNet, param_blobs
+
+        phase, level, stages, weights = _parse_net_args(args, phase, level, stages,
+                                                         None if weights is None else os.fspath(weights))
+        network_file = os.fspath(network_file)
+        if weights is not None and not Path(weights).is_file():
+            raise CaffeCompatError(f"{weights}: no such caffemodel file")
+        net = read_net_prototxt(network_file)
+        rng = _net_rng()
+        feeder = build_with_data(net, make_state(net, phase, level, stages), rng, network_file, make=_make_source)
+        try:
+            values = init_params(feeder.spec, rng)
+            if weights is not None:
+                load_caffemodel(feeder.spec, values, weights)
+            engine = SegmentedNet(feeder, param_blobs(feeder.spec, values, None, feeder.python), _providers(), rng)
+        except BaseException:
+            feeder.close()
+            raise
+        self._attach(engine)
+        self._finalizer = weakref.finalize(self, feeder.close)
+
+    @classmethod
+    def _view(cls, engine: Any) -> Net:
+        """A Net over an engine someone else owns (a solver's train or test net)."""
+        net = cls.__new__(cls)
+        net._attach(engine)
+        return net
+
+    def _attach(self, engine: Any) -> None:
+        self._engine = engine
+
+    # -- structure ---------------------------------------------------------------------
+    @property
+    def _spec(self):
+        return self._engine.spec
+
+    @property
+    def _layer_names(self) -> list[str]:
+        return [node.name for node in self._spec.layers]
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self._engine.blob_names)
+
+    @property
+    def blobs(self) -> OrderedDict[str, Blob]:
+        """Blob name -> Blob, from input to output (split blobs included), as Net::blobs."""
+        return OrderedDict((b, self._engine.blobs[b]) for b in self._engine.blob_names)
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict[str, float]:
+        """Blob name -> the loss weight Caffe gives it (0 for blobs that are no loss)."""
+        weights = OrderedDict((b, 0.0) for b in self._engine.blob_names)
+        for node in self._spec.layers:
+            for blob, w in zip(node.top_blobs, node.loss_weights):
+                weights[blob] = w
+        return weights
+
+    def _layer_blobs(self, node) -> BlobVec:
+        host = self._engine.host
+        if node.type == "Python" and host is not None:
+            return host.objects[node.index].blobs
+        return BlobVec(self._engine.params[name] for name in node.param_names)
+
+    @property
+    def layers(self) -> list:
+        """The layers: Python layers are the user's own objects, the others show `type` and `blobs`."""
+        out = []
+        host = self._engine.host
+        for node in self._spec.layers:
+            if node.type == "Python" and host is not None:
+                out.append(host.objects[node.index])
+            else:
+                out.append(_LayerView(node.type, self._layer_blobs(node)))
+        return out
+
+    @property
+    def layer_dict(self) -> OrderedDict[str, Any]:
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
+    def params(self) -> OrderedDict[str, BlobVec]:
+        """Layer name -> its parameter blobs, for layers that have some."""
+        out: OrderedDict[str, BlobVec] = OrderedDict()
+        for node in self._spec.layers:
+            if node.param_names:
+                out[node.name] = self._layer_blobs(node)
+        return out
+
+    @property
+    def inputs(self) -> list[str]:
+        """The net's input blobs: the tops of its Input layers."""
+        return [b for node in self._spec.layers if node.type == "Input" for b in node.top_blobs]
+
+    @property
+    def outputs(self) -> list[str]:
+        """The net's output blobs (produced and not consumed), in Caffe's order (by name)."""
+        return [self._engine.value_blob[v] for v in self._spec.outputs]
+
+    @property
+    def top_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((node.name, list(node.top_blobs)) for node in self._spec.layers)
+
+    @property
+    def bottom_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((node.name, list(node.bottom_blobs)) for node in self._spec.layers)
+
+    def _layer_index(self, name: str, what: str) -> int:
+        names = self._layer_names
+        if name not in names:
+            raise CaffeCompatError(f"Net.{what}: the net has no layer named {name!r}")
+        return names.index(name)
+
+    # -- passes ----------------------------------------------------------------------
+    def forward(self, blobs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+                **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run layers start..end (names; default all) forward; returns {blob: data} of the outputs (or of
+        `end`'s tops) plus `blobs`. Keyword arguments set the input blobs first (all of them)."""
+        blobs = list(blobs or [])
+        first = self._layer_index(start, "forward(start=...)") if start is not None else 0
+        if end is not None:
+            last = self._layer_index(end, "forward(end=...)")
+            outputs = set(self.top_names[end] + blobs)
+        else:
+            last = len(self._spec.layers) - 1
+            outputs = set(self.outputs + blobs)
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise CaffeCompatError(f"Net.forward: input blob arguments {sorted(kwargs)} do not match the net's "
+                                       f"inputs {self.inputs}")
+            for name, array in kwargs.items():
+                blob = self.blobs[name]
+                if np.shape(array)[0] != blob.shape[0]:
+                    raise CaffeCompatError(f"Net.forward: input '{name}' has {np.shape(array)[0]} items, the net's "
+                                           f"batch is {blob.shape[0]}: reshape the blob or use forward_all")
+                blob.data[...] = array
+        self._engine.forward(first, last)
+        return {out: self._engine.blobs[out].data for out in outputs}
+
+    def backward(self, diffs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+                 **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run layers start..end (default last..first) backward; returns {blob: diff} of the inputs (or of
+        `end`'s bottoms) plus `diffs`. Keyword arguments set the output blobs' diffs first (all of them)."""
+        diffs = list(diffs or [])
+        first = self._layer_index(start, "backward(start=...)") if start is not None else len(self._spec.layers) - 1
+        if end is not None:
+            last = self._layer_index(end, "backward(end=...)")
+            outputs = set(self.bottom_names[end] + diffs)
+        else:
+            last = 0
+            outputs = set(self.inputs + diffs)
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise CaffeCompatError(f"Net.backward: top diff arguments {sorted(kwargs)} do not match the net's "
+                                       f"outputs {self.outputs}")
+            for name, array in kwargs.items():
+                blob = self.blobs[name]
+                if np.shape(array)[0] != blob.shape[0]:
+                    raise CaffeCompatError(f"Net.backward: diff of '{name}' has {np.shape(array)[0]} items, the "
+                                           f"net's batch is {blob.shape[0]}")
+                blob.diff[...] = array
+        self._engine.backward(first, last)
+        return {out: self._engine.blobs[out].diff for out in outputs}
+
+    def _batch(self, arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Split `arrays` into the net's batch size; the last batch padded with zeros."""
+        if not arrays:
+            return
+        num = len(next(iter(arrays.values())))
+        size = next(iter(self.blobs.values())).shape[0]
+        for i in range(0, num - num % size, size):
+            yield {name: a[i:i + size] for name, a in arrays.items()}
+        rest = num % size
+        if rest:
+            yield {name: np.concatenate([a[-rest:], np.zeros((size - rest, *a.shape[1:]), a.dtype)])
+                   for name, a in arrays.items()}
+
+    def forward_all(self, blobs: Sequence[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """forward() over inputs of any length, batch by batch; returns each output for all items."""
+        collected: dict[str, list[np.ndarray]] = {out: [] for out in set(self.outputs + list(blobs or []))}
+        for batch in self._batch(kwargs):
+            for name, data in self.forward(blobs=blobs, **batch).items():
+                collected[name].extend(data.copy())
+        outs = {name: np.asarray(items) for name, items in collected.items()}
+        return _unpad(outs, kwargs)
+
+    def forward_backward_all(self, blobs: Sequence[str] | None = None, diffs: Sequence[str] | None = None,
+                             **kwargs: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """forward() and backward() over inputs (and output diffs) of any length, batch by batch."""
+        all_outs: dict[str, list] = {out: [] for out in set(self.outputs + list(blobs or []))}
+        all_diffs: dict[str, list] = {d: [] for d in set(self.inputs + list(diffs or []))}
+        forward_batches = self._batch({k: kwargs[k] for k in self.inputs if k in kwargs})
+        backward_batches = self._batch({k: kwargs[k] for k in self.outputs if k in kwargs})
+        for fb, bb in zip_longest(forward_batches, backward_batches, fillvalue={}):
+            for name, data in self.forward(blobs=blobs, **fb).items():
+                all_outs[name].extend(data.copy())
+            for name, diff in self.backward(diffs=diffs, **bb).items():
+                all_diffs[name].extend(diff.copy())
+        outs = _unpad({k: np.asarray(v) for k, v in all_outs.items()}, kwargs)
+        grads = _unpad({k: np.asarray(v) for k, v in all_diffs.items()}, kwargs)
+        return outs, grads
+
+    def reshape(self) -> None:
+        """Net::Reshape: every layer's shapes again from the input blobs' shapes (Python layers' reshape runs)."""
+        self._engine.rebuild(call_reshape=True)
+
+    def clear_param_diffs(self) -> None:
+        """Net::ClearParamDiffs: zero every parameter's diff."""
+        self._engine.clear_param_diffs()
+
+    # -- parameters ------------------------------------------------------------------
+    def _param_values(self) -> dict[str, np.ndarray]:
+        return {name: blob.data for name, blob in self._engine.params.items()}
+
+    def copy_from(self, path: str | os.PathLike) -> None:
+        """Net::CopyTrainedLayersFrom: copy a .caffemodel's blobs into the layers of the same names."""
+        from caffecompat.net.weights import load_caffemodel
+
+        values = dict(self._param_values())
+        load_caffemodel(self._spec, values, os.fspath(path))
+        for name, blob in self._engine.params.items():
+            if values[name] is not blob.data:
+                blob.data[...] = values[name]
+
+    def share_with(self, other: Net) -> None:
+        """Net::ShareTrainedLayersWith: this net's layers show `other`'s parameter values (by layer name)."""
+        mine = {}
+        for node in self._spec.layers:
+            mine.setdefault(node.name, node)  # the first layer of a name, as Caffe looks it up
+        for source in other._spec.layers:
+            if not source.param_names:
+                continue
+            target = mine.get(source.name)
+            if target is None:
+                glog.info("net.cpp:679", f"Ignoring source layer {source.name}")
+                continue
+            if len(target.param_names) != len(source.param_names):
+                raise CaffeCompatError(f"share_with: incompatible number of blobs for layer '{source.name}'")
+            for j, (t, s) in enumerate(zip(target.param_names, source.param_names)):
+                src, dst = other._engine.params[s], self._engine.params[t]
+                if src.shape != dst.shape:
+                    raise CaffeCompatError(f"share_with: cannot share param {j} weights from layer '{source.name}'; "
+                                           f"shape mismatch: source {list(src.shape)}, target {list(dst.shape)}")
+                dst._bind(src.data, dst.diff)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Net::ToProto without diffs, written as a binary .caffemodel."""
+        from caffecompat.formats.caffemodel import write_caffemodel
+        from caffecompat.solver.snapshot import net_to_proto
+
+        write_caffemodel(os.fspath(path), net_to_proto(self._spec, self._param_values()))
+
+    def save_hdf5(self, path: str | os.PathLike) -> None:
+        """Net::ToHDF5: group `data`, one group per layer, dataset `<i>` per parameter the layer owns."""
+        import h5py
+
+        seen: set[str] = set()
+        with h5py.File(os.fspath(path), "w") as f:
+            data = f.create_group("data")
+            for node in self._spec.layers:
+                if node.name in seen:
+                    raise CaffeCompatError(f"save_hdf5: layer name '{node.name}' appears more than once; HDF5 "
+                                           "weights need unique layer names")
+                seen.add(node.name)
+                group = data.create_group(node.name)
+                for i, name in enumerate(node.param_names):
+                    if self._spec.owns(node, name):
+                        group.create_dataset(str(i), data=self._engine.params[name].data)
+
+    def load_hdf5(self, path: str | os.PathLike) -> None:
+        """Net::CopyTrainedLayersFromHDF5: copy `data/<layer>/<i>` into the LAST layer of each name."""
+        import h5py
+
+        last = {node.name: node for node in self._spec.layers}
+        with h5py.File(os.fspath(path), "r") as f:
+            for lname, group in f["data"].items():
+                node = last.get(lname)
+                if node is None:
+                    glog.info("net.cpp:802", f"Ignoring source layer {lname}")
+                    continue
+                if len(group) > len(node.param_names):
+                    raise CaffeCompatError(f"{path}: incompatible number of blobs for layer '{lname}'")
+                for i, name in enumerate(node.param_names):
+                    if str(i) not in group:
+                        if self._spec.owns(node, name):
+                            raise CaffeCompatError(f"{path}: incompatible number of blobs for layer '{lname}'")
+                        continue
+                    array = np.asarray(group[str(i)], np.float32)
+                    blob = self._engine.params[name]
+                    if array.size != blob.count:
+                        raise CaffeCompatError(f"{path}: layer '{lname}' blob {i} has shape {list(array.shape)}, "
+                                               f"the net needs {list(blob.shape)}")
+                    blob.data[...] = array.reshape(blob.shape)
+
+    def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """Give the net's first layer, a MemoryData layer, the arrays its batches come from."""
+        first = self._spec.layers[0] if self._spec.layers else None
+        source = self._engine.feeder.sources.get(first.name) if first is not None else None
+        if not isinstance(source, MemorySource):
+            raise CaffeCompatError("set_input_arrays may only be called if the first layer is a MemoryData layer")
+        if labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
+        c, h, w = source.chw
+        for name, array, dims in (("data", data, (c, h, w)), ("labels", labels, (1, 1, 1))):
+            if not array.flags.c_contiguous:
+                raise CaffeCompatError(f"set_input_arrays: {name} array must be C contiguous")
+            if array.ndim != 4:
+                raise CaffeCompatError(f"set_input_arrays: {name} array must be 4-d")
+            if array.dtype != np.float32:
+                raise CaffeCompatError(f"set_input_arrays: {name} array must be float32")
+            if tuple(array.shape[1:]) != dims:
+                raise CaffeCompatError(f"set_input_arrays: {name} array has shape {list(array.shape)}, the layer "
+                                       f"needs N x {' x '.join(map(str, dims))}")
+        if len(data) != len(labels):
+            raise CaffeCompatError("set_input_arrays: data and labels must have the same first dimension")
+        if len(data) % source.batch:
+            raise CaffeCompatError("set_input_arrays: first dimensions of input arrays must be a multiple of batch "
+                                   f"size ({source.batch})")
+        source.reset(data, labels)
+
+    def __repr__(self) -> str:
+        return f"<caffecompat.Net '{self._spec.name}' with {len(self._spec.layers)} layers>"
+
+
+def _unpad(outs: dict[str, np.ndarray], kwargs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # forward_all's last batch was padded with zeros: drop those items.
+    if not outs or not kwargs:
+        return outs
+    pad = len(next(iter(outs.values()))) - len(next(iter(kwargs.values())))
+    return {k: v[:-pad] for k, v in outs.items()} if pad > 0 else outs
+
+
+# -- solvers ------------------------------------------------------------------------------
+
+
+class _Callback:
+    def __init__(self, on_start: Any, on_gradients_ready: Any) -> None:
+        self.on_start = on_start
+        self.on_gradients_ready = on_gradients_ready
+
+
+class Solver:
+    """Caffe's Solver as pycaffe exposes it: `net`, `test_nets`, `iter`, `step`, `solve`, `snapshot`, `restore`."""
+
+    _type: str | None = None  # the update rule a subclass forces (SGDSolver(...) is SGD whatever the file says)
+
+    def __init__(self, filename: str | os.PathLike) -> None:
+        from caffecompat.formats.solver import read_solver_prototxt
+        from caffecompat.solver.nets import check_net_files
+
+        filename = os.fspath(filename)
+        param = read_solver_prototxt(filename)
+        if self._type is not None:
+            param.type = self._type
+            param.ClearField("solver_type")
+        check_net_files(param, filename)
+        self._solver = _PySolver(param, filename, weights=list(param.weights), providers=_providers())
+        self._net: Net | None = None
+        self._test_nets: list[Net] | None = None
+
+    @property
+    def net(self) -> Net:
+        """The training net, a view over the solver's live parameters."""
+        if self._net is None:
+            self._net = Net._view(self._solver.net.engine)
+        return self._net
+
+    @property
+    def test_nets(self) -> list[Net]:
+        """The test nets, sharing the training net's parameters by layer name."""
+        if self._test_nets is None:
+            self._test_nets = [Net._view(t.runner.engine) for t in self._solver.tests]
+        return self._test_nets
+
+    @property
+    def iter(self) -> int:
+        return self._solver.iter
+
+    @property
+    def param(self) -> caffe_pb2.SolverParameter:
+        """The SolverParameter (its base_lr may be changed between steps)."""
+        return self._solver.param
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current iteration (SGDSolver::GetLearningRate)."""
+        return float(self._solver.schedule.rate(self._solver.iter))
+
+    def step(self, iters: int) -> None:
+        """Solver::Step: `iters` iterations (tests, forward/backward, display, update, snapshots)."""
+        self._solver.step(int(iters))
+
+    def solve(self, resume_file: str | os.PathLike | None = None) -> None:
+        """Solver::Solve: optionally restore a .solverstate, then run to max_iter."""
+        self._solver.solve(None if resume_file is None else os.fspath(resume_file))
+
+    def snapshot(self) -> None:
+        """Write <prefix>_iter_<N>.caffemodel and .solverstate."""
+        self._solver.snapshot()
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Restore iteration, weights and solver history from a .solverstate."""
+        self._solver.restore(os.fspath(path))
+
+    def add_callback(self, on_start: Any, on_gradients_ready: Any) -> None:
+        """Call on_start() at the start of every iteration and on_gradients_ready() before every update."""
+        self._solver.callbacks.append(_Callback(on_start, on_gradients_ready))
+
+    def apply_update(self) -> None:
+        """SGDSolver::ApplyUpdate: the update of the current iteration from the diffs as they are."""
+        from caffecompat.solver.updates import log_clip, log_iteration_lr
+
+        s = self._solver
+        rate = s.schedule.rate(s.iter)
+        log_iteration_lr(s.param, s.iter, rate)
+        norm = s.net.apply_update(rate, s.iter)
+        if norm is not None:
+            log_clip(norm, s.param.clip_gradients)
+
+    def share_weights(self, net: Net) -> None:
+        """`net` shows this solver's training parameters (Net::ShareTrainedLayersWith)."""
+        net.share_with(self.net)
+
+
+def _solver_class(name: str, solver_type: str) -> type[Solver]:
+    return type(name, (Solver,), {"_type": solver_type, "__doc__": f"pycaffe's {name}: a Solver using "
+                                                                   f"{solver_type}'s update rule."})
+
+
+SGDSolver = _solver_class("SGDSolver", "SGD")
+NesterovSolver = _solver_class("NesterovSolver", "Nesterov")
+AdaGradSolver = _solver_class("AdaGradSolver", "AdaGrad")
+RMSPropSolver = _solver_class("RMSPropSolver", "RMSProp")
+AdaDeltaSolver = _solver_class("AdaDeltaSolver", "AdaDelta")
+AdamSolver = _solver_class("AdamSolver", "Adam")
+
+
+def get_solver(filename: str | os.PathLike) -> Solver:
+    """The solver the file's `type` names (SolverRegistry::CreateSolver)."""
+    return Solver(filename)
+
+
+@functools.lru_cache(maxsize=1)
+def _pysolver_class() -> type:
+    from caffecompat.runtime.segments import SegmentedRunner, SegmentedTrainingNet
+    from caffecompat.solver.loop import Solver as LoopSolver
+
+    class PySolver(LoopSolver):
+        """The solver loop with every net segmented, so that pycaffe sees every blob of its nets."""
+
+        def _training_net(self, values, providers):
+            trainer = SegmentedTrainingNet(self.train, values, providers, rng=self.rng)
+            for t in self.tests:
+                # The test nets show the training parameters from the start (Solver::Test shares them).
+                shared = {n: trainer.data(n) for n in t.runner.params if n in self.spec.params}
+                t.runner.bind({**t.own_values, **shared})
+            return trainer
+
+        def _test_runner(self, feeder, providers):
+            return SegmentedRunner(feeder, providers, rng=self.rng)
+
+    return PySolver
+
+
+class _LazyPySolver:
+    def __call__(self, *args: Any, **kwargs: Any):
+        cls = _pysolver_class()
+        return cls(*args, **kwargs)
+
+
+_PySolver = _LazyPySolver()
+
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "Layer", "Net", "NesterovSolver",
+           "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "get_solver", "layer_type_list", "set_device",
+           "set_mode_cpu", "set_mode_gpu", "set_random_seed"]
