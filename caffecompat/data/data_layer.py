@@ -1,4 +1,4 @@
-"""Caffe's Data layer: Datum records from an LMDB database, transformed, in batches.
+"""Caffe's Data layer: Datum records from an LMDB or LevelDB database, transformed, in batches.
 
 Records are read in the database's key order and wrap to the first at the
 end (DataLayer::Next). The top shapes come from the first record, as Caffe's
@@ -13,8 +13,9 @@ import os
 
 import numpy as np
 
+from caffecompat import parallel
 from caffecompat.data import datum as datum_codec
-from caffecompat.data import lmdb_reader
+from caffecompat.data import db as dbs
 from caffecompat.data.source import PrefetchingSource, child_rng
 from caffecompat.data.transformer import Transformer
 from caffecompat.errors import CaffeCompatError
@@ -49,7 +50,8 @@ class DataLayerSource(PrefetchingSource):
         if len(layer.top) not in (1, 2):
             raise CaffeCompatError(f"{self.where}: has {len(layer.top)} tops; a Data layer has 1 (data) "
                                    "or 2 (data, label)")
-        lmdb_reader.check_backend(param.backend, f"{self.where} data_param.backend")
+        # DataParameter's backend defaults to LEVELDB, as in Caffe.
+        backend = dbs.backend_name(param.backend, f"{self.where} data_param.backend")
         if param.batch_size <= 0:
             raise CaffeCompatError(f"{self.where}: data_param.batch_size must be positive")
         if not param.source:
@@ -57,12 +59,12 @@ class DataLayerSource(PrefetchingSource):
         self.source = param.source
         self.batch_size = int(param.batch_size)
         self.labels = len(layer.top) == 2
-        self.env = lmdb_reader.open_env(os.path.abspath(param.source), f"{self.where} data_param.source")
+        self.db = dbs.open_reader(os.path.abspath(param.source), backend, f"{self.where} data_param.source")
         try:
-            info("db_lmdb.cpp:35", f"Opened lmdb {param.source}")
+            info(*dbs.opened_line(backend, param.source))
             self.transformer = Transformer(layer.transform_param, phase, child_rng(rng), self.where)
             self.mode = color_mode(layer.transform_param)
-            key, value = lmdb_reader.first(self.env, param.source, self.where)
+            key, value = self.db.first()
             first = datum_codec.parse(value, self._what(key))
             if not first.encoded and self.mode is not datum_codec.ColorMode.NATIVE:
                 # Caffe logs this for raw records and ignores the flags.
@@ -72,7 +74,7 @@ class DataLayerSource(PrefetchingSource):
             out = self.transformer.check(self.in_shape)
             self._shapes = [(self.batch_size, *out)] + ([(self.batch_size,)] if self.labels else [])
             info("data_layer.cpp:45", "output data size: " + ",".join(map(str, self._shapes[0])))
-            self._records = lmdb_reader.cycle(self.env, param.source, self.where, self._restarted)
+            self._records = parallel.share(self.db.cycle(self._restarted), phase)
             self._start_pool(threads)
             self._start(int(param.prefetch))
         except BaseException:
@@ -110,7 +112,7 @@ class DataLayerSource(PrefetchingSource):
         records = getattr(self, "_records", None)
         if records is not None:
             records.close()
-        lmdb_reader.close_env(self.env)
+        self.db.close()
 
 
 def check_shape(transformer: Transformer, shape: tuple[int, ...], out: tuple[int, ...], what: str,

@@ -16,6 +16,7 @@ import os
 import h5py
 import numpy as np
 
+from caffecompat import parallel
 from caffecompat.data.source import DataSource, child_rng
 from caffecompat.errors import CaffeCompatError
 from caffecompat.glog import info
@@ -44,7 +45,7 @@ class HDF5DataSource(DataSource):
         try:
             with open(os.path.abspath(param.source), encoding="utf-8", errors="surrogateescape") as f:
                 names = f.read().split()
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # ValueError: a NUL character in the name
             raise CaffeCompatError(f"{self.where}: no such HDF5 list file: {param.source}") from None
         except OSError as e:
             raise CaffeCompatError(f"{self.where}: cannot read HDF5 list file {param.source}: "
@@ -58,6 +59,7 @@ class HDF5DataSource(DataSource):
         if self.shuffle:
             self.rng.shuffle(self.file_order)
         self.file_pos = 0
+        self.phase, self.offset = phase, 0  # rows read so far, for this rank's share (parallel.keeps)
         self._load(self.files[self.file_order[0]])
         self._row_shapes = [a.shape[1:] for a in self.arrays]
         self._shapes = [(self.batch_size, *s) for s in self._row_shapes]
@@ -76,7 +78,7 @@ class HDF5DataSource(DataSource):
                         raise CaffeCompatError(f"{self.where}: {path} dataset '{top}' is {ds.dtype} with "
                                                f"shape {list(ds.shape)}; expected numbers with at least 1 axis")
                     arrays.append(np.asarray(ds[()], dtype=np.float32))
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # ValueError: a NUL character in the name
             raise CaffeCompatError(f"{self.where}: no such HDF5 file: {path} (listed in {self.list_path})") \
                 from None
         except OSError as e:
@@ -104,6 +106,7 @@ class HDF5DataSource(DataSource):
     def _next(self) -> None:
         # HDF5DataLayer::Next: past the last row, go to the next file (wrapping, reshuffling the
         # file order after a full pass), and reshuffle the rows.
+        self.offset += 1
         self.row += 1
         if self.row < len(self.row_order):
             return
@@ -122,6 +125,8 @@ class HDF5DataSource(DataSource):
         """The next batch_size rows of every top."""
         out = [np.empty(shape, dtype=np.float32) for shape in self._shapes]
         for i in range(self.batch_size):
+            while not parallel.keeps(self.offset, self.phase):
+                self._next()
             r = self.row_order[self.row]
             for o, a in zip(out, self.arrays):
                 o[i] = a[r]

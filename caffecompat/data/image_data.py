@@ -13,12 +13,13 @@ import os
 
 import numpy as np
 
+from caffecompat import parallel
 from caffecompat.data import image_io, listfile
 from caffecompat.data.data_layer import DECODE_THREADS, check_shape
 from caffecompat.data.source import PrefetchingSource, child_rng
 from caffecompat.data.transformer import Transformer
 from caffecompat.errors import CaffeCompatError
-from caffecompat.glog import info
+from caffecompat.glog import info, warning
 from caffecompat.proto import caffe_pb2
 
 
@@ -57,6 +58,9 @@ class ImageDataSource(PrefetchingSource):
         if self.shuffle:
             info("image_data_layer.cpp:53", "Shuffling data")
             self._shuffle()
+        elif phase == caffe_pb2.TRAIN and parallel.solver_rank() > 0 and not param.rand_skip:
+            # ImageDataLayer has no per-rank share: every rank reads the whole list, in its own shuffled order.
+            warning("image_data_layer.cpp:60", "Shuffling or skipping recommended for multi-GPU")
         info("image_data_layer.cpp:63", f"A total of {len(self.lines)} images.")
         self.pos = 0
         if param.rand_skip:
