@@ -128,8 +128,8 @@ def test_bad_list_files_fail_with_one_line(tmp_path, capsys, text, message):
 def test_other_errors(tmp_path, capsys):
     make_images(tmp_path, ["a.png"])
     lst = write_list(tmp_path / "list.txt", ["a.png"])
-    assert main(["convert-lmdb", "-backend", "leveldb", f"{tmp_path}/", str(lst), str(tmp_path / "db")]) == 1
-    assert "not supported: LevelDB" in capsys.readouterr().err
+    assert main(["convert-lmdb", "-backend", "rocksdb", f"{tmp_path}/", str(lst), str(tmp_path / "db")]) == 1
+    assert "-backend rocksdb: unknown database backend 'rocksdb'; use lmdb or leveldb" in capsys.readouterr().err
     assert main(["convert-lmdb", f"{tmp_path}/", str(tmp_path / "nope.txt"), str(tmp_path / "db")]) == 1
     assert "nope.txt: no such image list file" in capsys.readouterr().err
     assert main(["convert-lmdb", "-encode_type", "webpx", f"{tmp_path}/", str(lst), str(tmp_path / "db")]) == 1

@@ -181,8 +181,8 @@ def test_bad_databases_raise_one_clear_error(tmp_path, make_path, message):
 def test_backend_and_layer_checks(tmp_path):
     db = write_db(tmp_path / "db", raw_records(1))
     lp = layer(db)
-    lp.data_param.ClearField("backend")  # Caffe's default is LEVELDB
-    with pytest.raises(NotSupportedError, match="not supported: LevelDB databases"):
+    lp.data_param.ClearField("backend")  # Caffe's default is LEVELDB: an LMDB there is named as one
+    with pytest.raises(CaffeCompatError, match="is an LMDB database, not a LevelDB one; set `backend: LMDB`"):
         make_source(lp, TRAIN, np.random.default_rng(0))
     with pytest.raises(CaffeCompatError, match="batch_size must be positive"):
         make_source(layer(db, batch=0), TRAIN, np.random.default_rng(0))

@@ -1,4 +1,4 @@
-"""Flag handling shared by the Caffe-tool subcommands: single-dash flags, -gpu, -stage."""
+"""Flag handling shared by the Caffe-tool subcommands: single-dash flags, -gpu, -stage, -proto."""
 
 from __future__ import annotations
 
@@ -13,11 +13,20 @@ def flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     parser.add_argument(f"-{name}", f"--{name}", dest=name, **kwargs)
 
 
-def add_gpu_flags(parser: argparse.ArgumentParser) -> None:
-    """-gpu and -allow_cpu_fallback."""
-    flag(parser, "gpu", default="", metavar="ID",
-         help="run on CUDA device ID with the CUDA execution provider (needs onnxruntime-training, the "
-              "CUDA build); one device only")
+def add_proto_flag(parser: argparse.ArgumentParser) -> None:
+    """-proto: read the text files (and, for upgrade, binary nets) with a Caffe fork's own caffe.proto."""
+    flag(parser, "proto", default=None, metavar="FILE",
+         help="a Caffe fork's caffe.proto: read the prototxt files with that schema (compiled on the fly; "
+              "needs grpcio-tools, `pip install 'caffecompat[proto]'`). Files of SSD, DeepLab/PSPNet, SegNet, "
+              "ShuffleNet and ceil_mode forks need no -proto")
+
+
+def add_gpu_flags(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """-gpu and -allow_cpu_fallback (`several`: train's -gpu 0,1,... and -gpu all)."""
+    flag(parser, "gpu", default="", metavar="IDS" if several else "ID",
+         help="run on CUDA device ID with the CUDA execution provider (needs onnxruntime-gpu, the CUDA build); "
+              + ("several (0,1,2,3 or all) train data-parallel, one process per device (see -processes)" if several
+                 else "one device only"))
     flag(parser, "allow_cpu_fallback", action="store_true",
          help="when -gpu is given but CUDA is not available, warn and run on the CPU instead of stopping")
 
@@ -44,5 +53,5 @@ def providers_and_device(gpu: int | None, allow_cpu_fallback: bool,
 
 
 def stages(value: str) -> list[str]:
-    """-stage "a,b" -> ["a", "b"]."""
-    return [s for s in (x.strip() for x in value.split(",")) if s]
+    """-stage "a,b" -> ["a", "b"]; no -stage -> [""] (tools/caffe.cpp splits the empty flag into one empty stage)."""
+    return value.split(",")

@@ -7,14 +7,15 @@ import argparse
 import numpy as np
 
 from caffecompat import glog
-from caffecompat.commands.common import add_gpu_flags, flag, gpu_id, providers_and_device, stages
+from caffecompat.commands.common import add_gpu_flags, add_proto_flag, flag, gpu_id, providers_and_device, stages
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.net.state import make_state
 from caffecompat.net.weights import init_params, load_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import build_with_data
-from caffecompat.runtime.forward import forward_loss, scoring_runner
+from caffecompat.runtime.forward import forward_loss
+from caffecompat.runtime.segments import scoring
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.loop import loss_weight_of
 
@@ -29,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     flag(p, "model", required=True, metavar="FILE", help="the net prototxt (train_val or test net)")
     flag(p, "weights", required=True, metavar="FILE", help="the .caffemodel to score")
     flag(p, "iterations", type=int, default=50, metavar="N", help="number of batches (default 50)")
+    flag(p, "phase", default="TEST", choices=["TRAIN", "TEST"],
+         help="the net's phase (default TEST); BVLC's caffe test accepts -phase but always scores in TEST")
     add_gpu_flags(p)
+    add_proto_flag(p)
     flag(p, "level", type=int, default=0, help="the net's level (default 0)")
     flag(p, "stage", default="", metavar="STAGES", help="comma-separated stages")
     p.set_defaults(func=run)
@@ -42,14 +46,15 @@ def run(args: argparse.Namespace) -> int:
     providers, device = providers_and_device(gpu_id(args.gpu), args.allow_cpu_fallback)
     glog.info("caffe.cpp:275", "Use CPU." if device == "cpu" else f"Use GPU with device ID {args.gpu}")
     net = read_net_prototxt(args.model)
-    state = make_state(net, caffe_pb2.TEST, args.level, stages(args.stage))
+    state = make_state(net, caffe_pb2.TRAIN if args.phase == "TRAIN" else caffe_pb2.TEST, args.level,
+                       stages(args.stage))
     rng = np.random.default_rng(0)
     feeder = build_with_data(net, state, rng, args.model)
     try:
         spec = feeder.spec
         params = init_params(spec, rng)
         load_caffemodel(spec, params, args.weights)
-        runner = scoring_runner(spec, providers)
+        runner = scoring(feeder, providers, rng=rng)
         glog.info("caffe.cpp:281", f"Running for {args.iterations} iterations.")
         totals: list[F32] = []
         names: list[str] = []

@@ -1,4 +1,4 @@
-"""Caffe's convert_imageset: a list of images into an LMDB database of Datum records.
+"""Caffe's convert_imageset: a list of images into an LMDB or LevelDB database of Datum records.
 
 Each list line `path label` becomes one record under the key
 `%08d_<path>` (its index in the list, after any shuffle), holding either the
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caffecompat.data import datum as datum_codec
-from caffecompat.data import image_io, listfile, lmdb_reader
-from caffecompat.data.lmdb_writer import LmdbWriter
+from caffecompat.data import db as dbs
+from caffecompat.data import image_io, listfile
 from caffecompat.errors import CaffeCompatError
 from caffecompat.glog import error, info
 from caffecompat.progress import Progress
@@ -113,12 +113,17 @@ def _convert_chunk(root: str, chunk: list[tuple[int, tuple[str, int, int]]], opt
 
 
 def convert_imageset(root: str, list_file: str, db_path: str, opts: Options | None = None,
-                     progress: bool = True) -> Result:
-    """Write the images of `list_file` (paths relative to `root`, a text prefix) to LMDB `db_path`."""
+                     progress: bool = True, lines: list[tuple[str, int, int]] | None = None) -> Result:
+    """Write the images of `list_file` (paths relative to `root`, a text prefix) to database `db_path`.
+
+    `lines`, when given, are the list's (path, label, line number) entries (an image folder's scan) and
+    `list_file` only names them in messages.
+    """
     opts = opts or Options()
-    lmdb_reader.check_backend(opts.backend.lower(), f"-backend {opts.backend}")
-    lines = listfile.read_list(list_file, "image list")
-    writer = LmdbWriter(db_path, overwrite=opts.overwrite)
+    backend = dbs.backend_name(opts.backend, f"-backend {opts.backend}")
+    if lines is None:
+        lines = listfile.read_list(list_file, "image list")
+    writer = dbs.open_writer(db_path, backend, overwrite=opts.overwrite)
     if opts.shuffle:
         info("convert_imageset.cpp:86", "Shuffling data")
         order = np.random.default_rng(opts.seed).permutation(len(lines))
@@ -132,7 +137,7 @@ def convert_imageset(root: str, list_file: str, db_path: str, opts: Options | No
     pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="convert-lmdb")
     pending: deque[Future] = deque()
     try:
-        info("db_lmdb.cpp:35", f"Opened lmdb {db_path}")
+        info(*dbs.opened_line(backend, db_path))
         numbered = list(enumerate(lines))
         chunks = [numbered[k:k + _CHUNK] for k in range(0, len(numbered), _CHUNK)]
         window = 4 * max(1, opts.workers)

@@ -9,6 +9,7 @@ on every run with the same seed whatever the timing.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable
@@ -52,6 +53,24 @@ class DataSource:
         """The next batch: one float32 array per top."""
         raise NotImplementedError
 
+    def _check_memory(self, copies: int, why: str) -> None:
+        """Refuse batches of which `copies` (held at once, for `why`) could not fit in memory."""
+        from caffecompat.net.memory import memory_limit
+        from caffecompat.outfiles import human_bytes
+
+        for shape in self._shapes:
+            if any(d <= 0 for d in shape):
+                raise CaffeCompatError(f"{self.where}: top shape {list(shape)} has a dimension below 1")
+        batch = sum(math.prod(s) for s in self._shapes) * 4
+        needed = batch * copies
+        limit = memory_limit()
+        if limit is not None and needed > limit[0]:
+            raise CaffeCompatError(
+                f"{self.where}: a batch of shape {list(self._shapes[0])} takes {human_bytes(batch)}; {why} the "
+                f"layer holds {copies} of them ({human_bytes(needed)}), but {limit[1]} allows "
+                f"{human_bytes(limit[0])}; reduce the batch size"
+            )
+
     def close(self) -> None:
         """Release files and threads; the source cannot be used afterwards."""
 
@@ -76,6 +95,7 @@ class PrefetchingSource(DataSource):
         """Start the loader thread; call at the end of the subclass's constructor."""
         if prefetch < 1:
             raise CaffeCompatError(f"{self.where}: data_param.prefetch must be at least 1")
+        self._check_memory(prefetch + 2, f"with data_param.prefetch {prefetch} (batches read ahead)")
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._error: BaseException | None = None

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from caffecompat.net import setup_log
 from caffecompat.net import spec as netspec
+from caffecompat.net.memory import check_net_memory
 from caffecompat.net.spec import NetSpec
 from caffecompat.proto import caffe_pb2
+from caffecompat.runtime.python_layers import PythonLayers, has_python_layers
 
 
 @dataclass
@@ -17,6 +22,10 @@ class Feeder:
 
     spec: NetSpec
     sources: dict[str, object] = field(default_factory=dict)  # data layer name -> DataSource
+    python: PythonLayers | None = None  # the net's Python layers (they and the runtime share its blobs)
+    net: caffe_pb2.NetParameter | None = None  # what `rebuild` resolves again
+    state: caffe_pb2.NetState | None = None
+    source: str = "net"
 
     def next_inputs(self) -> dict[str, np.ndarray]:
         """One batch for every graph input; Input layers (no data source) are fed zeros, as Caffe leaves them."""
@@ -31,6 +40,29 @@ class Feeder:
                 feed[value] = array
         return feed
 
+    def rebuild(self, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                call_reshape: bool = False) -> NetSpec:
+        """Resolve the net again after a shape changed: Input tops get `input_shapes`, data layers keep
+        their sources' shapes, Python layers report their tops' shapes (with call_reshape, after their
+        reshape(): Net::Reshape)."""
+        net = self.net
+        if input_shapes:
+            net = caffe_pb2.NetParameter()
+            net.CopyFrom(self.net)
+            for lp in net.layer:
+                if lp.type == "Input" and lp.top and all(t in input_shapes for t in lp.top):
+                    del lp.input_param.shape[:]
+                    for t in lp.top:
+                        lp.input_param.shape.add().dim.extend(input_shapes[t])
+
+        def shapes(layer: caffe_pb2.LayerParameter) -> list[tuple[int, ...]]:
+            return self.sources[layer.name].top_shapes()
+
+        with self.python.active(call_reshape) if self.python else nullcontext():
+            self.spec = netspec.build(net, self.state.phase, state=self.state, source_shapes=shapes,
+                                      source=self.source)
+        return self.spec
+
     def close(self) -> None:
         """Stop the data sources' prefetch threads."""
         for source in self.sources.values():
@@ -39,21 +71,32 @@ class Feeder:
 
 
 def build_with_data(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState, rng: np.random.Generator,
-                    source: str = "net") -> Feeder:
-    """Resolve `net` in `state`, opening a data source for each data layer to learn its shapes."""
+                    source: str = "net", make: Callable | None = None) -> Feeder:
+    """Resolve `net` in `state`, opening a data source for each data layer to learn its shapes.
+
+    `make(layer, phase, rng)` makes the sources (default caffecompat.data.make_source). Python layers are
+    imported and set up here (caffecompat.runtime.python_layers).
+    """
     from caffecompat.data import make_source
 
+    make = make or make_source
     sources: dict[str, object] = {}
+    python = PythonLayers(state.phase, {}) if has_python_layers(net) else None
 
     def shapes(layer: caffe_pb2.LayerParameter) -> list[tuple[int, ...]]:
-        src = make_source(layer, state.phase, rng)
+        src = make(layer, state.phase, rng)
         sources[layer.name] = src
         return src.top_shapes()
 
     try:
-        spec = netspec.build(net, state.phase, state=state, source_shapes=shapes, source=source)
+        # Net::Init's log: the rules and the net, then (after the data layers opened) each layer's set-up.
+        setup_log.log_net_init(net, state, source)
+        with python.active() if python else nullcontext():
+            spec = netspec.build(net, state.phase, state=state, source_shapes=shapes, source=source)
+        setup_log.log_net_setup(spec)
+        check_net_memory(spec, source, log=False)
     except BaseException:
         for src in sources.values():
             src.close()
         raise
-    return Feeder(spec, sources)
+    return Feeder(spec, sources, python, net, state, source)

@@ -1,45 +1,44 @@
 """The Caffe training loop (Solver::Solve / Step / Test / Snapshot / Restore) on ONNX Runtime.
 
-The TRAIN net runs forward+backward in an ORT training Module; the update is
-numpy, in place on ORT's parameter buffers (caffecompat.solver.updates). TEST
-nets are inference sessions fed the live parameters, shared by layer name as
-Caffe's ShareTrainedLayersWith does. Log lines are Caffe's, in glog format.
+The TRAIN net runs Net::Forward + Net::Backward as one ONNX graph on plain
+ONNX Runtime, and the update is an ONNX graph run in place on the same device
+buffers (caffecompat.runtime.training and .update). TEST nets are inference
+sessions fed the live parameters, shared by layer name as Caffe's
+ShareTrainedLayersWith does. Log lines are Caffe's, in glog format.
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 
-from caffecompat import glog
+from caffecompat import glog, outfiles, parallel
 from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.net.export import LOSS_OUTPUT
-from caffecompat.net.spec import NetSpec
+from caffecompat.net.setup_log import debug_string
+from caffecompat.net.spec import NetSpec, check_net_types
 from caffecompat.net.weights import init_params, load_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import Feeder, build_with_data
-from caffecompat.runtime.forward import ForwardRunner, forward_loss, scoring_runner
+from caffecompat.runtime.forward import ForwardRunner, forward_loss
 from caffecompat.runtime.training import TrainingNet
 from caffecompat.solver import nets
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.lr_policy import LrSchedule, resolve_solver_type, validate_solver
-from caffecompat.solver.snapshot import write_snapshot_model
+from caffecompat.solver.signals import Signals
+from caffecompat.solver.snapshot import snapshot_failed, write_snapshot
 from caffecompat.solver.solverstate import (
     check_history,
     flatten_history,
     read_solverstate,
-    write_solverstate,
 )
-from caffecompat.solver.updates import Param, apply_update, make_history
+from caffecompat.solver.updates import log_clip, log_iteration_lr, make_history
 
 F32 = np.float32
-SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 
 
 @dataclass
@@ -64,8 +63,16 @@ class Solver:
     """A Caffe solver over its TRAIN net and TEST nets."""
 
     def __init__(self, param: caffe_pb2.SolverParameter, solver_file: str, *, weights: Iterable[str] = (),
-                 level: int | None = None, stages: Iterable[str] = (), device: str = "cpu",
-                 providers: list | None = None) -> None:
+                 level: int | None = None, stages: Iterable[str] = (), providers: list | None = None,
+                 signals: Signals | None = None) -> None:
+        # Signal effects apply from the start: net building polls them between stages.
+        self.signals = signals if signals is not None else Signals()
+        # Solver::add_callback: objects with on_start() and on_gradients_ready(), called in every Step.
+        self.callbacks: list = []
+        # Under mpiexec, one of several solvers training together (caffecompat.parallel).
+        self.parallel = parallel.activate()
+        self.parallel.adopt(self.signals)
+        self.last_snapshot: str | None = None
         validate_solver(param, solver_file)
         if param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             raise NotSupportedError(f"snapshot_format: HDF5 ({solver_file}); use BINARYPROTO")
@@ -73,22 +80,33 @@ class Solver:
         self.solver_file = solver_file
         self.solver_type = resolve_solver_type(param, solver_file)
         weights = [w.strip() for w in weights if w.strip()]
-        glog.info("solver.cpp:45", "Initializing solver from parameters: \n" + text_format.MessageToString(param))
+        # Solver::CheckSnapshotWritePermissions, before the parameters are logged so the error is what shows.
         self._check_snapshot_prefix()
-        seed = param.random_seed if param.random_seed >= 0 else None
+        glog.info("solver.cpp:45", "Initializing solver from parameters: \n" + debug_string(param))
+        # Solver::Solver: each rank seeds its random numbers with random_seed + solver_rank.
+        seed = param.random_seed + self.parallel.rank if param.random_seed >= 0 else None
         self.rng = np.random.default_rng(seed)
 
         train = nets.train_net(param, solver_file, level, stages)
+        tests = nets.test_nets(param, solver_file)
+        # Every net's layer types are known before any data layer opens its database.
+        for source in (train, *tests):
+            check_net_types(source.net, source.state, source.source)
+        self.signals.check_startup()
         self.train = build_with_data(train.net, train.state, self.rng, train.source)
         self.spec = self.train.spec
-        values = init_params(self.spec, self.rng)
-        for w in weights:
-            glog.info("solver.cpp:72", f"Finetuning from {w}")
-            load_caffemodel(self.spec, values, w)
-
         self.tests: list[TestNet] = []
         try:
-            self._init_tests_and_runtime(param, solver_file, values, weights, device, providers)
+            values = init_params(self.spec, self.rng)
+            for w in weights:
+                glog.info("solver.cpp:72", f"Finetuning from {w}")
+                load_caffemodel(self.spec, values, w)
+            self.signals.check_startup()
+            # Solver::Init: only the root solver has test nets.
+            self._init_tests_and_runtime(param, solver_file, tests if self.parallel.root else [], values, weights,
+                                         providers)
+            self.parallel.startup(self.net, self.signals)
+            self.signals.check_startup()
         except BaseException:
             self.train.close()
             for t in self.tests:
@@ -98,15 +116,12 @@ class Solver:
         self.smoothed_loss = F32(0)
         self.losses: list[F32] = []
         self.requested_early_exit = False
-        self.pending_action: str | None = None
-        self.sigint_effect = "stop"
-        self.sighup_effect = "snapshot"
         glog.info("solver.cpp:57", "Solver scaffolding done.")
 
     def _init_tests_and_runtime(self, param: caffe_pb2.SolverParameter, solver_file: str,
-                                values: dict[str, np.ndarray], weights: list[str], device: str,
+                                tests: list[nets.NetSource], values: dict[str, np.ndarray], weights: list[str],
                                 providers: list | None) -> None:
-        for i, test in enumerate(nets.test_nets(param, solver_file)):
+        for i, test in enumerate(tests):
             glog.info("solver.cpp:190", f"Creating test net (#{i}) specified by {test.source}")
             feeder = build_with_data(test.net, test.state, self.rng, test.source)
             own = {k: v for k, v in init_params(feeder.spec, self.rng).items() if k not in values}
@@ -115,50 +130,51 @@ class Solver:
                 merged = dict(own)
                 load_caffemodel(feeder.spec, merged, w)
                 own = {k: v for k, v in merged.items() if k not in values}
-            self.tests.append(TestNet(feeder, scoring_runner(feeder.spec, providers), own))
+            self.tests.append(TestNet(feeder, self._test_runner(feeder, providers), own))
+            self.signals.check_startup()
 
-        self.net = TrainingNet(self.spec, values, device=device)
-        # Parameters the training graph does not hold (e.g. BatchNorm statistics) stay here.
-        self.values = {k: v for k, v in values.items() if k not in self.net.params}
+        self.net = self._training_net(values, providers)
         self.param_names = list(self.spec.params)
-        self.history = make_history(self.solver_type, [self.spec.params[p].shape for p in self.param_names])
+        history = make_history(self.solver_type, [self.spec.params[p].shape for p in self.param_names])
+        self.net.setup_update(param, self.solver_type, dict(zip(self.param_names, history)))
         self.schedule = LrSchedule(param, where=solver_file)
+
+    def _training_net(self, values: dict[str, np.ndarray], providers: list | None) -> TrainingNet:
+        # One fused graph; segments around Python layers (runtime.segments).
+        from caffecompat.runtime.segments import training_net
+
+        return training_net(self.train, values, providers, rng=self.rng)
+
+    def _test_runner(self, feeder: Feeder, providers: list | None) -> ForwardRunner:
+        from caffecompat.runtime.segments import scoring
+
+        return scoring(feeder, providers, rng=self.rng)
 
     # -- parameters ------------------------------------------------------------
     def value(self, name: str) -> np.ndarray:
-        """The live value of parameter `name`."""
-        return self.net.data(name) if name in self.net.params else self.values[name]
+        """The live value of parameter `name` (on the CPU a view of the runtime's buffer)."""
+        return self.net.data(name)
 
     def live_values(self) -> dict[str, np.ndarray]:
         """Every parameter's live value by tensor name."""
         return {p: self.value(p) for p in self.param_names}
 
-    def _params_for_update(self) -> list[Param]:
-        out = []
-        for name, hist in zip(self.param_names, self.history):
-            info = self.spec.params[name]
-            grad = self.net.grad(name) if name in self.net.params else np.zeros(info.shape, np.float32)
-            out.append(Param(name, self.value(name), grad, info.lr_mult, info.decay_mult, hist))
-        return out
+    @property
+    def history(self) -> list[list[np.ndarray]]:
+        """The solver's history blobs, per parameter in Net::learnable_params order."""
+        return [self.net.history_arrays(n) for n in self.param_names]
 
     # -- signals ---------------------------------------------------------------
     def handle_signals(self, sigint_effect: str = "stop", sighup_effect: str = "snapshot") -> None:
-        """Caffe's -sigint_effect / -sighup_effect: stop, snapshot or none, checked once per iteration."""
-        for flag, effect in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
-            if effect not in SIGNAL_EFFECTS:
-                raise CaffeCompatError(f'-{flag} "{effect}" is not valid; use one of {", ".join(SIGNAL_EFFECTS)}')
-        self.sigint_effect, self.sighup_effect = sigint_effect, sighup_effect
-        signal.signal(signal.SIGINT, lambda *_: self._request(self.sigint_effect))
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self._request(self.sighup_effect))
+        """Caffe's -sigint_effect / -sighup_effect: stop, snapshot or none, checked once per iteration.
 
-    def _request(self, effect: str) -> None:
-        if effect != "none":
-            self.pending_action = effect
+        `caffecompat train` installs them before building the solver (solver.signals.Signals)."""
+        self.signals.set_effects(sigint_effect, sighup_effect)
+        self.signals.install()
 
     def _take_action(self) -> str | None:
-        action, self.pending_action = self.pending_action, None
-        return action
+        self.parallel.alive(self.iter)
+        return self.signals.take()
 
     # -- the loop --------------------------------------------------------------
     def solve(self, resume_file: str | None = None) -> None:
@@ -169,6 +185,7 @@ class Solver:
         if resume_file:
             glog.info("solver.cpp:296", f"Restoring previous solver status from {resume_file}")
             self.restore(resume_file)
+        self.signals.check_startup()
         start_iter = self.iter
         self.step(self.param.max_iter - self.iter)
         p = self.param
@@ -176,14 +193,16 @@ class Solver:
             self.snapshot()
         if self.requested_early_exit:
             glog.info("solver.cpp:311", "Optimization stopped early.")
+            self.parallel.finish()
             return
-        if p.display and self.iter % p.display == 0:
+        if p.display and self.iter % p.display == 0 and self.parallel.root:  # only rank 0 displays
             outputs = self._final_forward()
             self._update_smoothed_loss(outputs, start_iter)
             glog.info("solver.cpp:327", f"Iteration {self.iter}, loss = {caffe_float(self.smoothed_loss)}")
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         glog.info("solver.cpp:332", "Optimization Done.")
+        self.parallel.finish()
 
     def _final_forward(self) -> F32:
         """Net::Forward of the TRAIN net for Solve's last display line: the loss; no update follows."""
@@ -216,8 +235,11 @@ class Solver:
             self.net.clear_grads()
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 self.test_all()
+                self.requested_early_exit = self.parallel.any(self.requested_early_exit, "rank 0's test", self.iter)
                 if self.requested_early_exit:
                     break
+            for callback in self.callbacks:
+                callback.on_start()
             display = p.display and self.iter % p.display == 0
             loss = F32(0)
             outputs: dict[str, np.ndarray] = {}
@@ -235,10 +257,16 @@ class Solver:
                 timer = time.monotonic()
                 iterations_last = self.iter
                 self._log_outputs("solver.cpp:258", "Train", self.spec, outputs)
+            for callback in self.callbacks:
+                callback.on_gradients_ready()
             rate = self.schedule.rate(self.iter)
-            apply_update(p, self._params_for_update(), rate, self.iter)
+            log_iteration_lr(p, self.iter, rate)
+            self.parallel.reduce_gradients(self.net, self.iter)
+            norm = self.net.apply_update(rate, self.iter)
+            if norm is not None:
+                log_clip(norm, p.clip_gradients)
             self.iter += 1
-            action = self._take_action()
+            action = self.parallel.agree(self._take_action(), self.iter)
             if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
                 self.snapshot()
             if action == "stop":
@@ -257,18 +285,21 @@ class Solver:
     def _update_batchnorm(self, outputs: dict[str, np.ndarray]) -> None:
         if not self.net.side_outputs:
             return
-        from caffecompat.layers.normalization import batchnorm_update
+        from caffecompat.layers.batch_norm import batchnorm_update
 
-        stats: dict[str, dict[str, np.ndarray]] = {}
+        stats: dict[int, dict[str, np.ndarray]] = {}
         for value, (layer, what) in self.net.side_outputs.items():
             stats.setdefault(layer, {})[what] = outputs[value]
         for layer, s in stats.items():
-            node = self.spec.layer(layer)
+            node = self.spec.layers[layer]
             shape = node.bottom_shapes[0]
             count = int(np.prod(shape)) // shape[1]
-            blobs = [self.values[n] for n in node.param_names]
+            blobs = [self.net.data(n) for n in node.param_names]
             batchnorm_update(blobs, s["mean"], s["variance"], count,
                              node.param.batch_norm_param.moving_average_fraction)
+            if self.net.device != "cpu":
+                for n, blob in zip(node.param_names, blobs):
+                    self.net.set_data(n, blob)
 
     # -- testing ---------------------------------------------------------------
     def test_all(self) -> None:
@@ -318,48 +349,63 @@ class Solver:
 
     # -- snapshots -------------------------------------------------------------
     def _check_snapshot_prefix(self) -> None:
-        # Solver::CheckSnapshotWritePermissions: snapshot needs a prefix in a writable folder.
+        # Solver::CheckSnapshotWritePermissions: snapshot needs a prefix in a writable folder (rank 0's).
         p = self.param
-        if not (p.snapshot or p.snapshot_after_train):
+        if not (p.snapshot or p.snapshot_after_train) or not self.parallel.root:
             return
         if p.snapshot and not p.HasField("snapshot_prefix"):
             raise CaffeCompatError(f"{self.solver_file}: snapshot is set but snapshot_prefix is not; "
                                    'add snapshot_prefix: "path/to/name"')
         folder = Path(p.snapshot_prefix).parent
-        if p.snapshot and not folder.is_dir():
+        if not folder.is_dir():
             raise CaffeCompatError(f"{self.solver_file}: cannot write snapshots to prefix '{p.snapshot_prefix}': "
                                    f"folder '{folder}' does not exist; create it first")
+        reason = outfiles.unwritable_reason(f"{p.snapshot_prefix}_iter_0.caffemodel")
+        if reason:
+            raise CaffeCompatError(f"{self.solver_file}: cannot write snapshots to prefix '{p.snapshot_prefix}': "
+                                   f"{reason}")
 
     def snapshot_filename(self, extension: str) -> str:
         """Solver::SnapshotFilename: <prefix>_iter_<N><ext>."""
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
 
     def snapshot(self) -> None:
-        """Write <prefix>_iter_N.caffemodel and .solverstate (each atomically)."""
+        """Write <prefix>_iter_N.caffemodel and .solverstate, both or neither.
+
+        A write that fails (no space, read-only disk) stops the run with an error naming the
+        last complete snapshot; Caffe aborts there too."""
+        if not self.parallel.root:
+            return  # Solver::Snapshot: only the root solver writes snapshots
         values = self.live_values()
         diffs = None
         if self.param.snapshot_diff:
-            diffs = {n: p.grad for n, p in zip(self.param_names, self._params_for_update())}
+            diffs = {n: self.net.grad(n) for n in self.param_names}
         model = self.snapshot_filename(".caffemodel")
-        write_snapshot_model(model, self.spec, values, diffs)
-        write_solverstate(self.snapshot_filename(".solverstate"), self.iter, model,
-                          flatten_history(self.history), self.schedule.current_step)
+        state = self.snapshot_filename(".solverstate")
+        try:
+            write_snapshot(model, state, self.spec, values, diffs, self.iter, flatten_history(self.history),
+                           self.schedule.current_step)
+        except CaffeCompatError as e:
+            raise snapshot_failed(e, self.iter, self.last_snapshot) from None
+        self.last_snapshot = state
 
     def restore(self, path: str) -> None:
         """SGDSolver::RestoreSolverStateFromBinaryProto: iteration, weights of learned_net, history, step."""
         state = read_solverstate(path)
         if state.learned_net:
-            values = self.live_values()
+            values = {n: np.array(v) for n, v in self.live_values().items()}
             load_caffemodel(self.spec, values, state.learned_net)
             for name, array in values.items():
-                np.copyto(self.value(name), array)
-        shapes = flatten_history([[h.shape for h in hist] for hist in self.history])
-        names = flatten_history([[n] * len(hist) for n, hist in zip(self.param_names, self.history)])
-        restored = check_history(state, shapes, path, names)
-        for mine, theirs in zip(flatten_history(self.history), restored):
-            np.copyto(mine, theirs)
+                self.net.set_data(name, array)
+        history = self.history
+        shapes = flatten_history([[h.shape for h in hist] for hist in history])
+        names = flatten_history([[n] * len(hist) for n, hist in zip(self.param_names, history)])
+        restored = iter(check_history(state, shapes, path, names))
+        for name, hist in zip(self.param_names, history):
+            self.net.set_history(name, [next(restored) for _ in hist])
         self.iter = state.iteration
         self.schedule.current_step = state.current_step
+        self.last_snapshot = path
 
     def close(self) -> None:
         """Stop data threads and drop temporary files."""

@@ -1,0 +1,187 @@
+"""`caffecompat extract-features`: what Caffe's tools/extract_features does, with its arguments.
+
+    caffecompat extract-features WEIGHTS MODEL BLOB[,BLOB...] DB[,DB...] NUM_MINI_BATCHES lmdb|leveldb|npy|hdf5
+                                 [CPU|GPU] [DEVICE_ID]
+
+The net is built in the TEST phase with the weights copied by layer name, run
+forward NUM_MINI_BATCHES times on its own data layers, and each named blob's
+items go to its database (see caffecompat.data.feature_writer for the format).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from caffecompat import glog
+from caffecompat.commands.common import add_proto_flag, flag, providers_and_device
+from caffecompat.data import db as dbs
+from caffecompat.data.feature_writer import FORMATS, ArrayFile, DatumSink, legacy_shape
+from caffecompat.errors import CaffeCompatError
+from caffecompat.formats.net import read_net_prototxt
+from caffecompat.net.state import make_state
+from caffecompat.net.weights import init_params, load_caffemodel
+from caffecompat.progress import Progress
+from caffecompat.proto import caffe_pb2
+from caffecompat.runtime.feeder import build_with_data
+from caffecompat.runtime.forward import ForwardRunner
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `extract-features` subcommand."""
+    p = sub.add_parser(
+        "extract-features",
+        help="write blobs of a trained net, run on its data layers, to databases (Caffe's extract_features)",
+        description=(
+            "Run the TEST phase of MODEL with the WEIGHTS forward NUM_MINI_BATCHES times, reading its data "
+            "layers, and write every item of each BLOB to the matching DB, as Caffe's extract_features does: "
+            "lmdb and leveldb write one Datum per item (channels/height/width and float_data, key %010d). "
+            "npy and hdf5 (caffecompat extensions) write the items stacked as one float32 array per blob: an "
+            ".npy file per blob, or an HDF5 dataset named after the blob (blobs may share an HDF5 file)."
+        ),
+    )
+    p.add_argument("weights", metavar="WEIGHTS", help="the .caffemodel (pretrained_net_param)")
+    p.add_argument("model", metavar="MODEL", help="the net prototxt, with data layers (feature_extraction_proto_file)")
+    p.add_argument("blobs", metavar="BLOB[,BLOB...]", help="names of the blobs to extract, comma-separated")
+    p.add_argument("dbs", metavar="DB[,DB...]", help="one output per blob, comma-separated")
+    p.add_argument("num_mini_batches", metavar="NUM_MINI_BATCHES", help="how many forward passes to run")
+    p.add_argument("db_type", metavar="lmdb|leveldb|npy|hdf5", help="the output format")
+    p.add_argument("device", metavar="CPU|GPU", nargs="?", default="CPU", help="where to run (default CPU)")
+    p.add_argument("device_id", metavar="DEVICE_ID", nargs="?", default="0", help="the GPU's id (default 0)")
+    flag(p, "overwrite", action="store_true", help="replace outputs that already exist")
+    flag(p, "allow_cpu_fallback", action="store_true",
+         help="with GPU, run on the CPU when CUDA is not available instead of stopping")
+    add_proto_flag(p)
+    p.set_defaults(func=run)
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise CaffeCompatError(f"NUM_MINI_BATCHES {value!r}: expected a whole number of forward passes") from None
+    if n < 1:
+        raise CaffeCompatError(f"NUM_MINI_BATCHES {n}: must be at least 1")
+    return n
+
+
+def run(args: argparse.Namespace) -> int:
+    """Extract; exit status 0."""
+    blobs = args.blobs.split(",")
+    outputs = args.dbs.split(",")
+    if len(blobs) != len(outputs):
+        raise CaffeCompatError(f"{len(blobs)} blob names ({args.blobs}) but {len(outputs)} output names "
+                               f"({args.dbs}): the number of blob names and dataset names must be equal")
+    if any(not b for b in blobs) or any(not o for o in outputs):
+        raise CaffeCompatError("empty blob or output name in the comma-separated lists")
+    batches = _count(args.num_mini_batches)
+    kind = args.db_type.lower()
+    if kind not in FORMATS:
+        raise CaffeCompatError(f"output format {args.db_type!r}: use lmdb or leveldb (Caffe's Datum databases), "
+                               "npy or hdf5")
+    if kind == "npy" and len(set(outputs)) != len(outputs):
+        raise CaffeCompatError("npy writes one file per blob: give each blob its own output name (or use hdf5, "
+                               "where blobs may share a file)")
+    if kind in ("lmdb", "leveldb") and len(set(outputs)) != len(outputs):
+        raise CaffeCompatError(f"{kind}: give each blob its own database name")
+    device = args.device.upper()
+    if device not in ("CPU", "GPU"):
+        raise CaffeCompatError(f"{args.device!r}: expected CPU or GPU (then optionally a DEVICE_ID)")
+    if device == "GPU":
+        try:
+            gpu = int(args.device_id)
+        except ValueError:
+            raise CaffeCompatError(f"DEVICE_ID {args.device_id!r}: expected a device id such as 0") from None
+        if gpu < 0:
+            raise CaffeCompatError(f"DEVICE_ID {gpu}: device ids start at 0")
+        glog.error("extract_features.cpp:52", "Using GPU")
+        glog.error("extract_features.cpp:58", f"Using Device_id={gpu}")
+    else:
+        gpu = None
+        glog.error("extract_features.cpp:62", "Using CPU")
+    providers, _ = providers_and_device(gpu, args.allow_cpu_fallback, f"GPU {gpu}" if gpu is not None else None)
+    extract_features(args.weights, args.model, blobs, outputs, batches, kind, providers, args.overwrite)
+    return 0
+
+
+def extract_features(weights: str, model: str, blobs: list[str], outputs: list[str], batches: int, kind: str,
+                     providers: list | None = None, overwrite: bool = False, progress: bool = True) -> list[int]:
+    """Run `model` (TEST phase, `weights`) `batches` times and write each blob to its output; returns the
+    number of items written per blob."""
+    net = read_net_prototxt(model)
+    state = make_state(net, caffe_pb2.TEST)
+    rng = np.random.default_rng(0)
+    feeder = build_with_data(net, state, rng, model)
+    sinks: list = []
+    files: dict[str, ArrayFile] = {}
+    try:
+        spec = feeder.spec
+        missing = [b for b in blobs if b not in spec.blob_values]
+        if missing:
+            raise CaffeCompatError(f"{model}: unknown feature blob name(s) {', '.join(missing)} in the network; "
+                                   f"its blobs are {', '.join(spec.blob_values)}")
+        for node in spec.source_layers():
+            if node.name not in feeder.sources:
+                glog.warning("extract_features.py", f"{model}: layer '{node.name}' ({node.param.type}) has no "
+                                                        "data source: its tops stay zero, as in Caffe; extract "
+                                                        "from a net with Data, ImageData or HDF5Data layers")
+        params = init_params(spec, rng)
+        load_caffemodel(spec, params, weights)
+        values = [spec.blob_values[b] for b in blobs]
+        computed = [v for v in dict.fromkeys(values) if v not in spec.inputs]
+        runner = ForwardRunner(spec, outputs=computed, providers=providers) if computed else None
+        if kind in ("lmdb", "leveldb"):
+            for blob, value in zip(blobs, values):
+                legacy_shape(spec.shapes[value], blob)  # a Datum holds at most 4 axes: refuse before writing
+        for blob, value, out in zip(blobs, values, outputs):
+            glog.info("extract_features.cpp:125", f"Opening dataset {out}")
+            if kind in ("lmdb", "leveldb"):
+                sinks.append(DatumSink(out, kind, blob, overwrite))
+                glog.info(*dbs.opened_line(kind, out))
+            else:
+                if out not in files:
+                    files[out] = ArrayFile(out, kind, overwrite)
+                shape = spec.shapes[value]
+                per_batch = shape[0] if shape else 1
+                files[out].allocate(blob, batches * per_batch, tuple(shape[1:]))
+                sinks.append(files[out])
+        glog.error("extract_features.cpp:133", "Extracting Features")
+        bar = Progress("extract-features", batches, unit="batches") if progress else None
+        for _ in range(batches):
+            feed = feeder.next_inputs()
+            out_values = runner.run(feed, params) if runner is not None else {}
+            for blob, value, sink in zip(blobs, values, sinks):
+                batch = np.asarray(feed[value] if value in spec.inputs else out_values[value], np.float32)
+                if isinstance(sink, DatumSink):
+                    if sink.add(batch) and (bar is None or not bar.tty):
+                        glog.error("extract_features.cpp:165", f"Extracted features of {sink.count} query images "
+                                                               f"for feature blob {blob}")
+                else:
+                    sink.add(blob, batch)
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
+        counts = []
+        for blob, sink in zip(blobs, list(sinks)):
+            if isinstance(sink, DatumSink):
+                sink.finish()
+                sinks.remove(sink)
+                counts.append(sink.count)
+            else:
+                counts.append(sink.counts[blob])
+            glog.error("extract_features.cpp:176", f"Extracted features of {counts[-1]} query images for feature "
+                                                   f"blob {blob}")
+        for out in list(files):
+            files.pop(out).finish()
+        glog.error("extract_features.cpp:181", "Successfully extracted the features!")
+        return counts
+    finally:
+        for sink in sinks:
+            if isinstance(sink, DatumSink):
+                sink.abort()
+        for f in files.values():
+            f.abort()
+        feeder.close()
+
