@@ -280,6 +280,25 @@ def write_atomic_group(items: Sequence[tuple[str | os.PathLike, Data]], what: st
             raise
 
 
+def install_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `target`, replacing an old one only once the new one is in place.
+
+    On failure the old folder is put back and the OSError propagates for the caller to word.
+    """
+    old = None
+    try:
+        if os.path.lexists(target):
+            old = str(temp_path(target))
+            os.rename(target, old)
+        os.rename(tmp, target)
+    except OSError:
+        if old is not None and not os.path.lexists(target):
+            os.rename(old, target)
+        raise
+    if old is not None:
+        discard(old)
+
+
 def make_temp_dir(target: str | os.PathLike, what: str) -> Path:
     """A new empty temporary folder beside `target` (mode 0777 less the umask)."""
     target = Path(target)

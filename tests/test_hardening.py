@@ -262,10 +262,10 @@ def test_full_disk_outputs_are_one_line_and_keep_old_files(work, disk, capsys):
     old = _old_outputs(d.path, work)
     old_db = (d.path / "db" / "data.mdb").read_bytes()
     # Fill the rest of the disk.
-    with open(d.path / "filler", "wb") as f, pytest.raises(OSError):
+    # Unbuffered, so the write that fails raises here and closing the file has nothing left to flush.
+    with open(d.path / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
         while True:
             f.write(b"\0" * 4096)
-            f.flush()
     for argv in _commands(str(d.path)):
         if argv[0] == "convert-lmdb":
             # In a child: LMDB writing through a mapping on a full disk would be a SIGBUS.

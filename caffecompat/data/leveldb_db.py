@@ -225,18 +225,10 @@ class LevelDbWriter:
         """Commit what is left, close, and move the database to its name (replacing an old one)."""
         self.commit()
         self.db.close()
-        old = None
         try:
-            if os.path.lexists(self.path):
-                old = str(outfiles.temp_path(self.path))
-                os.rename(self.path, old)
-            os.rename(self.tmp, self.path)
+            outfiles.install_folder(self.tmp, self.path)
         except OSError as e:
-            if old is not None and not os.path.lexists(self.path):
-                os.rename(old, self.path)
             raise self._error(e) from None
-        if old is not None:
-            outfiles.discard(old)
 
     def abort(self) -> None:
         """Close and delete the temporary database."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 
 import lmdb
 
@@ -90,29 +89,14 @@ class LmdbWriter:
         if self._pending:
             self.commit()
         self.env.close()
-        old = None
         try:
-            if os.path.lexists(self.path):
-                old = str(outfiles.temp_path(self.path))
-                os.rename(self.path, old)
-            os.rename(self.tmp, self.path)
+            outfiles.install_folder(self.tmp, self.path)
         except OSError as e:
-            if old is not None and not os.path.lexists(self.path):
-                os.rename(old, self.path)
             raise self._error(e) from None
-        if old is not None:
-            _remove(old)
 
     def abort(self) -> None:
         """Close and delete the temporary database."""
         try:
             self.env.close()
         finally:
-            _remove(self.tmp)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
+            outfiles.discard(self.tmp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections import defaultdict
 
 import onnxruntime as ort
@@ -17,12 +18,14 @@ BACKWARD = "/backward"
 
 
 def profiled_options(profile_dir: str) -> ort.SessionOptions:
-    """Session options that write a profile under `profile_dir`."""
+    """Session options that write a profile of their own under `profile_dir`."""
     from caffecompat.runtime.providers import session_options
 
     opts = session_options()
     opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(profile_dir, "caffecompat_time")
+    # ORT names a profile <prefix>_<date and time to the second>.json: a fresh folder per session keeps
+    # two sessions made in the same second from sharing (and deleting) one file.
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(dir=profile_dir), "caffecompat_time")
     return opts
 
 
