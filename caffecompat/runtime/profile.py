@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections import defaultdict
 
 import onnxruntime as ort
 
 BACKWARD = "/backward"
+_NODE = re.compile(r"^(?:fused )?(.*)/[A-Za-z0-9_]+#\d+(?:/.*)?$")
 
 
 def profiled_options(profile_dir: str) -> ort.SessionOptions:
@@ -42,7 +44,9 @@ def layer_times(session: ort.InferenceSession, runs: int) -> dict[tuple[str, str
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
         node = e["name"][: -len("_kernel_time")]
-        layer = node.rsplit("/", 1)[0] if "/" in node else node
+        # <layer>/<Op>#<n>; ORT may prefix "fused " or append /<Fusion>: keep the layer before <Op>#<n>.
+        match = _NODE.match(node)
+        layer = match.group(1) if match else node
         direction = "forward"
         if layer.endswith(BACKWARD):
             layer, direction = layer[: -len(BACKWARD)], "backward"
