@@ -15,22 +15,17 @@ import numpy as np
 from caffecompat.layers.graph import GraphBuilder
 from caffecompat.layers.loss import (
     _check_first_dim,
-    _class_back,
     _class_last,
+    _class_loss_diff,
+    _class_loss_top,
     _count,
     _int_labels,
     _Loss,
-    _loss_weight,
-    _masked,
-    _masked_mean,
-    _normalizer,
     _one_hot,
     _refuse,
     _require_opset,
     _softmax,
     _split_axis,
-    _valid_mask,
-    ignore_label,
 )
 from caffecompat.layers.ops import reduce_sum
 from caffecompat.layers.registry import Diffs, LayerNode, Shape, register
@@ -78,15 +73,8 @@ class InfogainLoss(_Loss):
         labels = _int_labels(g, node.bottoms[1], [outer, inner, 1])
         rows = g.op1("MatMul", [_one_hot(g, labels, c), h])  # H[label, :] per position
         per_position = reduce_sum(g, g.op1("Mul", [rows, logp]), [2])
-        valid = _valid_mask(g, g.op1("Reshape", [labels, g.ints([outer, inner])]),
-                            ignore_label(node.param.loss_param))
-        norm = _normalizer(g, node.param.loss_param.normalization, outer, inner, valid)
-        _masked_mean(g, per_position, valid, norm, node.tops[0])
-        for key, value in (("prob", prob), ("rows", rows), ("valid", valid), ("norm", norm)):
-            if value is not None:
-                g.stash(node, key, value)
-        if len(node.tops) > 1:
-            _class_back(g, prob, c, inner, node.bottom_shapes[0], node.tops[1])
+        _class_loss_top(g, node, per_position, labels, node.param.loss_param.normalization, (outer, c, inner), prob,
+                        {"rows": rows})
 
     def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
         _refuse(node, d, 1, "the labels")
@@ -98,7 +86,4 @@ class InfogainLoss(_Loss):
         # times loss weight / normalizer.
         rows = g.stashed(node, "rows")
         row_sum = reduce_sum(g, rows, [2], keepdims=1)
-        diff = g.op1("Sub", [g.op1("Mul", [g.stashed(node, "prob"), row_sum]), rows])
-        diff = _masked(g, diff, g.stashed(node, "valid"), 2)
-        diff = g.op1("Mul", [diff, _loss_weight(g, d, g.stashed(node, "norm"))])
-        d.bottom[0] = _class_back(g, diff, c, inner, node.bottom_shapes[0])
+        _class_loss_diff(g, node, d, g.op1("Sub", [g.op1("Mul", [g.stashed(node, "prob"), row_sum]), rows]), c, inner)

@@ -137,6 +137,31 @@ def _loss_weight(g: GraphBuilder, d: Diffs, divisor: str | float | None = None) 
     return g.op1("Div", [first, g.scalar(divisor) if isinstance(divisor, float) else divisor])
 
 
+def _class_loss_top(g: GraphBuilder, node: LayerNode, per_position: str, labels: str, mode: int,
+                    shape: tuple[int, int, int], prob: str, stash: dict[str, str]) -> None:
+    """The loss top (and optional prob top) of a per-position class loss (SoftmaxWithLoss, InfogainLoss).
+
+    Ignored positions drop out, the sum is divided by the normalizer of `mode`, and prob, the valid
+    mask, the normalizer and `stash` are kept for `_class_loss_diff`. shape is (outer, classes, inner).
+    """
+    outer, c, inner = shape
+    valid = _valid_mask(g, g.op1("Reshape", [labels, g.ints([outer, inner])]), ignore_label(node.param.loss_param))
+    norm = _normalizer(g, mode, outer, inner, valid)
+    _masked_mean(g, per_position, valid, norm, node.tops[0])
+    for key, value in (("prob", prob), ("valid", valid), ("norm", norm), *stash.items()):
+        if value is not None:
+            g.stash(node, key, value)
+    if len(node.tops) > 1:
+        _class_back(g, prob, c, inner, node.bottom_shapes[0], node.tops[1])
+
+
+def _class_loss_diff(g: GraphBuilder, node: LayerNode, d: Diffs, diff: str, c: int, inner: int) -> None:
+    """Bottom 0's diff from a per-position class diff: 0 at ignored positions, times loss weight / normalizer."""
+    diff = _masked(g, diff, g.stashed(node, "valid"), 2)
+    diff = g.op1("Mul", [diff, _loss_weight(g, d, g.stashed(node, "norm"))])
+    d.bottom[0] = _class_back(g, diff, c, inner, node.bottom_shapes[0])
+
+
 def _refuse(node: LayerNode, d: Diffs, index: int, what: str) -> None:
     """Caffe's LOG(FATAL) when propagate_down asks a loss for the diff of a bottom it cannot differentiate."""
     if index < len(d.need_bottom) and d.need_bottom[index]:

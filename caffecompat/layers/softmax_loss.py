@@ -15,22 +15,17 @@ from caffecompat.layers.graph import GraphBuilder
 from caffecompat.layers.loss import (
     LossParameter,
     _check_first_dim,
-    _class_back,
     _class_last,
+    _class_loss_diff,
+    _class_loss_top,
     _int_labels,
     _Loss,
-    _loss_weight,
-    _masked,
-    _masked_mean,
     _mode,
-    _normalizer,
     _one_hot,
     _refuse,
     _require_opset,
     _softmax,
     _split_axis,
-    _valid_mask,
-    ignore_label,
 )
 from caffecompat.layers.ops import reduce_sum
 from caffecompat.layers.registry import Diffs, LayerNode, Shape, register
@@ -58,16 +53,9 @@ class SoftmaxWithLoss(_Loss):
         # loss -= log(max(prob[label], FLT_MIN)): the log of the clamped probability, never positive.
         picked = reduce_sum(g, g.op1("Mul", [prob, one_hot]), [2])
         logp = g.op1("Log", [g.op1("Max", [picked, g.scalar(FLT_MIN)])])
-        valid = _valid_mask(g, g.op1("Reshape", [labels, g.ints([outer, inner])]),
-                            ignore_label(node.param.loss_param))
         # LayerSetUp: the default mode is VALID (legacy normalize: false means BATCH_SIZE).
-        norm = _normalizer(g, _mode(node, LossParameter.VALID), outer, inner, valid)
-        _masked_mean(g, logp, valid, norm, node.tops[0])
-        for key, value in (("prob", prob), ("one_hot", one_hot), ("valid", valid), ("norm", norm)):
-            if value is not None:
-                g.stash(node, key, value)
-        if len(node.tops) > 1:
-            _class_back(g, prob, c, inner, node.bottom_shapes[0], node.tops[1])
+        _class_loss_top(g, node, logp, labels, _mode(node, LossParameter.VALID), (outer, c, inner), prob,
+                        {"one_hot": one_hot})
 
     def backward(self, node: LayerNode, g: GraphBuilder, d: Diffs) -> None:
         _refuse(node, d, 1, "the labels")
@@ -76,7 +64,4 @@ class SoftmaxWithLoss(_Loss):
         _, _, c, inner = _split_axis(node, node.param.softmax_param.axis)
         # (prob - onehot(label)), 0 at ignored positions, times loss weight / normalizer; the prob top's
         # diff is not read, and the FLT_MIN clamp does not enter.
-        diff = g.op1("Sub", [g.stashed(node, "prob"), g.stashed(node, "one_hot")])
-        diff = _masked(g, diff, g.stashed(node, "valid"), 2)
-        diff = g.op1("Mul", [diff, _loss_weight(g, d, g.stashed(node, "norm"))])
-        d.bottom[0] = _class_back(g, diff, c, inner, node.bottom_shapes[0])
+        _class_loss_diff(g, node, d, g.op1("Sub", [g.stashed(node, "prob"), g.stashed(node, "one_hot")]), c, inner)

@@ -71,7 +71,8 @@ class TrainingNet:
         self.diff_outputs = exported.param_diffs  # parameter -> output holding its diff
         self.trainable = list(self.diff_outputs)
         self.output_names = [o.name for o in exported.model.graph.output]
-        self._data_outputs = [n for n in self.output_names if n not in set(self.diff_outputs.values())]
+        diff_values = set(self.diff_outputs.values())
+        self._data_outputs = [n for n in self.output_names if n not in diff_values]
         opts = options or session_options()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No memory pattern: ORT would allocate the pattern's block beside the first run's arena chunks,
