@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from caffecompat.data import SOURCE_TYPES, make_source
 from caffecompat.data import datum as codec
 from caffecompat.data.data_layer import DataLayerSource
+from caffecompat.data.source import PrefetchingSource
 from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.formats.blob import read_binaryproto, read_blob_vector
 from caffecompat.proto import caffe_pb2
@@ -257,3 +258,42 @@ def test_a_record_smaller_than_the_crop_is_named(tmp_path):
     with pytest.raises(CaffeCompatError, match=r"record '00000001_img1.png': crop_size 4 is larger than the 3 x 6"):
         src.next_batch()
     src.close()
+
+
+class _Counting(PrefetchingSource):
+    """A prefetching source whose batches count how many were loaded."""
+
+    def __init__(self, prefetch: int) -> None:
+        super().__init__(caffe_pb2.LayerParameter(name="count", type="Data", top=["data"]))
+        self._shapes = [(1,)]
+        self.loaded = 0
+        self._start(prefetch)
+
+    def _load_batch(self) -> list[np.ndarray]:
+        self.loaded += 1
+        return [np.full((1,), self.loaded, np.float32)]
+
+
+def _settle(source: _Counting, expected: int) -> None:
+    deadline = time.monotonic() + 5
+    while source.loaded < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time for a loader that would overrun
+
+
+@pytest.mark.parametrize("prefetch", [1, 2, 4])
+def test_prefetch_holds_prefetch_batches_in_all_as_caffe(prefetch):
+    """BasePrefetchingDataLayer: `prefetch` batches in all, the net's current one included."""
+    source = _Counting(prefetch)
+    try:
+        _settle(source, prefetch)
+        assert source.loaded == prefetch  # filled ahead, nothing more
+        assert source.next_batch()[0][0] == 1
+        _settle(source, prefetch)
+        assert source.loaded == prefetch  # the batch in use is not free yet
+        assert source.next_batch()[0][0] == 2  # batch 1 goes back to the free queue
+        _settle(source, prefetch + 1)
+        assert source.loaded == prefetch + 1
+        assert source.next_batch()[0][0] == 3
+    finally:
+        source.close()

@@ -1,8 +1,9 @@
 """DataSource, what the training code pulls batches from, and its prefetching form.
 
-A prefetching source fills up to `prefetch` batches ahead on a background
-thread (Caffe's BasePrefetchingDataLayer), so a consumer slower than the
-loader never waits. The thread owns its own Generator, seeded from the one
+A prefetching source keeps `prefetch` batches, as Caffe's
+BasePrefetchingDataLayer does: the one the net is using and the rest filled
+ahead on a background thread, so a consumer slower than the loader never
+waits. The thread owns its own Generator, seeded from the one
 passed in when the source is made, so the sequence of batches is the same
 on every run with the same seed whatever the timing.
 """
@@ -95,8 +96,12 @@ class PrefetchingSource(DataSource):
         """Start the loader thread; call at the end of the subclass's constructor."""
         if prefetch < 1:
             raise CaffeCompatError(f"{self.where}: data_param.prefetch must be at least 1")
-        self._check_memory(prefetch + 2, f"with data_param.prefetch {prefetch} (batches read ahead)")
+        self._check_memory(prefetch + 1, f"with data_param.prefetch {prefetch} (batches read ahead)")
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        # BasePrefetchingDataLayer's prefetch_free_ queue: the loader takes a free batch before loading
+        # one, and the batch the net used goes back to it when the net takes the next one.
+        self._free = threading.Semaphore(prefetch)
+        self._current = False
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"prefetch {self.name}", daemon=True)
@@ -132,6 +137,8 @@ class PrefetchingSource(DataSource):
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._free.acquire(timeout=0.1):
+                continue
             try:
                 item: object = self._load_batch()
             except BaseException as e:  # handed to the consumer, which raises it
@@ -151,10 +158,14 @@ class PrefetchingSource(DataSource):
             raise self._error
         if self._thread is None or self._stop.is_set():
             raise CaffeCompatError(f"{self.where}: data source used after close()")
+        if self._current:
+            self._free.release()  # Forward: the batch the net used goes back before it takes the next
+        self._current = False
         item = self._queue.get()
         if isinstance(item, _Failed):
             self._error = item.error
             raise item.error
+        self._current = True
         return item  # type: ignore[return-value]
 
     def close(self) -> None:
