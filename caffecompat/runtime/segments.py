@@ -171,7 +171,7 @@ class SegmentedNet:
     def _signature(self, layers: list[LayerNode]) -> tuple:
         return tuple(self.spec.shapes[v] for n in layers for v in (*n.bottoms, *n.tops))
 
-    def _session(self, model) -> ort.InferenceSession:
+    def _session(self, model, backward: bool = False) -> ort.InferenceSession:
         options = self.options
         if options is not None and options.enable_profiling:
             # One profile file per segment session (ONNX Runtime names them by the second they start).
@@ -179,7 +179,7 @@ class SegmentedNet:
             options.enable_profiling = True
             options.profile_file_prefix = f"{self.options.profile_file_prefix}_segment{len(self._profiled)}"
             self._profiled.append(options)
-        return inference_session(model.SerializeToString(), self.providers, options)
+        return inference_session(model.SerializeToString(), self.providers, options, fold_constants=not backward)
 
     def _cached(self, key: tuple, make) -> _Segment:
         seg = self._segments.get(key)
@@ -237,7 +237,7 @@ class SegmentedNet:
                         seeds=loose)
             names = [o.name for o in ex.model.graph.output]
             diff_out = [(out, blob) for blob, out in ex.blob_diffs.items() if self._writes_diff(blob, inputs, layers)]
-            return _Segment(self._session(ex.model), inputs, ex.params, ex.fed_inputs, names, {},
+            return _Segment(self._session(ex.model, backward=True), inputs, ex.params, ex.fed_inputs, names, {},
                             {seed_input_name(v): self.value_blob[v] for v in loose}, diff_out,
                             [(out, prm) for prm, out in ex.param_diffs.items()], {})
 
@@ -265,8 +265,8 @@ class SegmentedNet:
             ex = export(spec, params_as_inputs=True, outputs=outs, training=self.training, loss_output=True,
                         backward=self.plan, blob_diffs=True, diff_params=self._learned())
             names = [o.name for o in ex.model.graph.output]
-            return _Segment(self._session(ex.model), list(spec.inputs), ex.params, ex.fed_inputs, names,
-                            {v: data_out[v] for v in names if v in data_out}, {},
+            return _Segment(self._session(ex.model, backward=True), list(spec.inputs), ex.params, ex.fed_inputs,
+                            names, {v: data_out[v] for v in names if v in data_out}, {},
                             [(out, blob) for blob, out in ex.blob_diffs.items()],
                             [(out, prm) for prm, out in ex.param_diffs.items()], ex.side_outputs, LOSS_OUTPUT)
 
