@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
 
-from caffecompat import glog
-from caffecompat.cli import main
 from caffecompat.proto import caffe_pb2
+from tests.cli_run import run_cli
 
 # The flags each golden run was made with (see the golden README).
 RUNS = {
@@ -78,10 +76,5 @@ def run_golden_recipe(golden: Path, name: str, out_dir: Path, monkeypatch) -> tu
     solver_file = out_dir / f"solver_{name}.prototxt"
     solver_file.write_text(text_format.MessageToString(solver))
     monkeypatch.chdir(golden)
-    stream = io.StringIO()
-    glog.set_stream(stream)
-    try:
-        status = main(["train", "-solver", str(solver_file), *RUNS[name]])
-    finally:
-        glog.set_stream(None)
-    return status, parse_log(stream.getvalue())
+    status, log = run_cli(["train", "-solver", str(solver_file), *RUNS[name]])
+    return status, parse_log(log)

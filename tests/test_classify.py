@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import io
 import json
 import re
 import shutil
@@ -19,22 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
-from caffecompat import glog
 from caffecompat.cli import main
 from caffecompat.formats.blob import read_binaryproto
+from tests.cli_run import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models" / "shapes"
 SCALE = 0.0078125  # models/shapes/train_val.prototxt's transform_param scale
-
-
-def run(args: list[str]) -> tuple[int, str]:
-    stream = io.StringIO()
-    glog.set_stream(stream)
-    try:
-        return main(args), stream.getvalue()
-    finally:
-        glog.set_stream(None)
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +48,23 @@ def work(tmp_path_factory) -> Path:
         for split in ("train", "val"):
             assert main(["convert-lmdb", "images/", f"images/{split}.txt", f"{split}_lmdb"]) == 0
         assert main(["compute-mean", "train_lmdb", "mean.binaryproto"]) == 0
-        assert run(["train", "-solver", "solver.prototxt"])[0] == 0
+        assert run_cli(["train", "-solver", "solver.prototxt"])[0] == 0
     assert (work / "shapes_iter_50.caffemodel").is_file()
     return work
 
 
 def classify(work: Path, *args: str) -> tuple[list[dict], str]:
     out = work / "out.json"
-    rc, log = run(["classify", "-model", str(work / "deploy.prototxt"), "-weights",
-                   str(work / "shapes_iter_50.caffemodel"), "-output", str(out), *args])
+    rc, log = run_cli(["classify", "-model", str(work / "deploy.prototxt"), "-weights",
+                       str(work / "shapes_iter_50.caffemodel"), "-output", str(out), *args])
     assert rc == 0, log[-2000:]
     return json.loads(out.read_text()), log
 
 
 def test_accuracy_agrees_with_caffecompat_test(work, monkeypatch):
     monkeypatch.chdir(work)
-    rc, log = run(["test", "-model", "train_val.prototxt", "-weights", "shapes_iter_50.caffemodel",
-                   "-iterations", "2"])  # 2 batches of 50 = the 100 validation images
+    rc, log = run_cli(["test", "-model", "train_val.prototxt", "-weights", "shapes_iter_50.caffemodel",
+                       "-iterations", "2"])  # 2 batches of 50 = the 100 validation images
     assert rc == 0
     (expected,) = re.findall(r"caffe.cpp:\d+\] accuracy = (\S+)", log)
     rows, log = classify(work, "-mean_file", "mean.binaryproto", "-scale", str(SCALE), "-root", "images/",
@@ -134,10 +124,10 @@ def test_folders_csv_and_unreadable_images(work, tmp_path):
     (folder / "cross" / "broken.png").write_bytes(b"not a png")
     (folder / "cross" / "notes.md").write_text("not an image")
     out = tmp_path / "out.csv"
-    rc, log = run(["classify", "-model", str(work / "deploy.prototxt"), "-weights",
-                   str(work / "shapes_iter_50.caffemodel"), "-mean_file", str(work / "mean.binaryproto"),
-                   "-scale", str(SCALE), "-labels", str(work / "images/labels.txt"), "-top_k", "2",
-                   "-output", str(out), str(folder)])
+    rc, log = run_cli(["classify", "-model", str(work / "deploy.prototxt"), "-weights",
+                       str(work / "shapes_iter_50.caffemodel"), "-mean_file", str(work / "mean.binaryproto"),
+                       "-scale", str(SCALE), "-labels", str(work / "images/labels.txt"), "-top_k", "2",
+                       "-output", str(out), str(folder)])
     assert rc == 0
     rows = list(csv.reader(out.read_text().splitlines()))
     assert rows[0] == ["image", "label", "class_1", "name_1", "score_1", "class_2", "name_2", "score_2"]

@@ -7,7 +7,6 @@ tests feed the same input through an HDF5Data layer (exact float values).
 
 from __future__ import annotations
 
-import io
 import re
 import struct
 from pathlib import Path
@@ -18,11 +17,11 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from caffecompat import glog
 from caffecompat.cli import main
 from caffecompat.data.feature_writer import feature_datum, legacy_shape
 from caffecompat.formats.blob import read_binaryproto, read_blob_vector
 from caffecompat.proto import caffe_pb2
+from tests.cli_run import run_cli
 
 NO_PLYVEL = "plyvel is not installed: LevelDB support is the optional extra caffecompat[leveldb]"
 
@@ -63,15 +62,6 @@ def read_lmdb(path: Path) -> list[tuple[bytes, caffe_pb2.Datum]]:
     return items
 
 
-def run(args: list[str]) -> tuple[int, str]:
-    stream = io.StringIO()
-    glog.set_stream(stream)
-    try:
-        return main(args), stream.getvalue()
-    finally:
-        glog.set_stream(None)
-
-
 def close(ours: np.ndarray, caffe: np.ndarray) -> None:
     # The golden README's tolerance: max |ours - caffe| / max(1, max |caffe|) <= 1e-4.
     assert ours.shape == caffe.shape
@@ -95,8 +85,8 @@ def test_lmdb_records_equal_caffes_blobs(golden, tmp_path, name, blobs):
     model = net_on_hdf5(golden, name, tmp_path)
     expected = golden_blobs(golden / "forward" / name)
     outs = [str(tmp_path / f"out{i}") for i in range(len(blobs))]
-    rc, log = run(["extract-features", str(golden / "forward" / name / "weights.caffemodel"), str(model),
-                   ",".join(blobs), ",".join(outs), "2", "lmdb"])
+    rc, log = run_cli(["extract-features", str(golden / "forward" / name / "weights.caffemodel"), str(model),
+                       ",".join(blobs), ",".join(outs), "2", "lmdb"])
     assert rc == 0, log[-2000:]
     assert "extract_features.cpp:181] Successfully extracted the features!" in log
     for blob, out in zip(blobs, outs):
@@ -117,8 +107,8 @@ def test_npy_and_hdf5_outputs_equal_caffes_blobs(golden, tmp_path):
     expected = golden_blobs(golden / "forward" / "resnet_block")
     weights = str(golden / "forward" / "resnet_block" / "weights.caffemodel")
     blob = [b for b in expected if b not in ("data",)][-1]
-    rc, log = run(["extract-features", weights, str(model), f"{blob},label,data",
-                   f"{tmp_path}/f.npy,{tmp_path}/l.npy,{tmp_path}/d.npy", "3", "npy"])
+    rc, log = run_cli(["extract-features", weights, str(model), f"{blob},label,data",
+                       f"{tmp_path}/f.npy,{tmp_path}/l.npy,{tmp_path}/d.npy", "3", "npy"])
     assert rc == 0, log[-2000:]
     feats = np.load(tmp_path / "f.npy")
     n = expected[blob].shape[0]
@@ -129,8 +119,8 @@ def test_npy_and_hdf5_outputs_equal_caffes_blobs(golden, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "l.npy"), np.tile(np.arange(n, dtype=np.float32) + 5, 3))
     np.testing.assert_array_equal(np.load(tmp_path / "d.npy")[:n], expected["data"])
     # HDF5: several blobs in one file, datasets named after them, readable by an HDF5Data layer.
-    rc, log = run(["extract-features", weights, str(model), f"{blob},label", f"{tmp_path}/x.h5,{tmp_path}/x.h5", "1",
-                   "hdf5"])
+    rc, log = run_cli(["extract-features", weights, str(model), f"{blob},label", f"{tmp_path}/x.h5,{tmp_path}/x.h5",
+                       "1", "hdf5"])
     assert rc == 0, log[-2000:]
     with h5py.File(tmp_path / "x.h5") as f:
         assert sorted(f) == sorted([blob, "label"])
@@ -142,8 +132,8 @@ def test_leveldb_output(golden, tmp_path):
     plyvel = pytest.importorskip("plyvel", reason=NO_PLYVEL)
     model = net_on_hdf5(golden, "caffenet_mini", tmp_path)
     expected = golden_blobs(golden / "forward" / "caffenet_mini")["fc7"]
-    rc, log = run(["extract-features", str(golden / "forward/caffenet_mini/weights.caffemodel"), str(model), "fc7",
-                   str(tmp_path / "fc7_leveldb"), "1", "leveldb", "CPU"])
+    rc, log = run_cli(["extract-features", str(golden / "forward/caffenet_mini/weights.caffemodel"), str(model), "fc7",
+                       str(tmp_path / "fc7_leveldb"), "1", "leveldb", "CPU"])
     assert rc == 0, log[-2000:]
     db = plyvel.DB(str(tmp_path / "fc7_leveldb"))
     records = [(k, caffe_pb2.Datum.FromString(v)) for k, v in db.iterator()]
@@ -187,7 +177,7 @@ def test_existing_output_needs_overwrite(golden, tmp_path, capsys):
 
 def test_net_without_data_layers_is_warned_about(golden, tmp_path):
     net_dir = golden / "forward" / "caffenet_mini"
-    rc, log = run(["extract-features", str(net_dir / "weights.caffemodel"), str(net_dir / "net.prototxt"), "fc7",
-                   str(tmp_path / "f.npy"), "1", "npy"])
+    rc, log = run_cli(["extract-features", str(net_dir / "weights.caffemodel"), str(net_dir / "net.prototxt"), "fc7",
+                       str(tmp_path / "f.npy"), "1", "npy"])
     assert rc == 0
     assert "layer 'data' (Input) has no data source: its tops stay zero, as in Caffe" in log

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import lmdb
 import numpy as np
 import pytest
 
-from caffecompat import glog
 from caffecompat.cli import main
 from caffecompat.data import image_folder
 from caffecompat.errors import CaffeCompatError
 from caffecompat.proto import caffe_pb2
+from tests.cli_run import run_cli
 
 
 def png(path: Path, value: int) -> None:
@@ -38,15 +37,6 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-def run(args: list[str]) -> tuple[int, str]:
-    stream = io.StringIO()
-    glog.set_stream(stream)
-    try:
-        return main(args), stream.getvalue()
-    finally:
-        glog.set_stream(None)
-
-
 def test_scan_labels_sorted_class_folders(folder):
     found = image_folder.scan(str(folder))
     # Python's sorted order (code points: upper case first), as the labels file records it.
@@ -57,14 +47,14 @@ def test_scan_labels_sorted_class_folders(folder):
 
 
 def test_make_list_writes_the_list_and_labels(folder, tmp_path, capsys):
-    rc, log = run(["make-list", str(folder), str(tmp_path / "train.txt")])
+    rc, log = run_cli(["make-list", str(folder), str(tmp_path / "train.txt")])
     assert rc == 0
     assert (tmp_path / "train.txt").read_text() == (
         "Bee/x.jpg 0\nant/a.png 1\nant/b.png 1\nant/more/c.png 1\nzebra/z1.png 2\n")
     assert (tmp_path / "labels.txt").read_text() == "Bee\nant\nzebra\n"
     assert "Skipped 2 file(s)" in log and "Wrote 5 images of 3 classes" in log
     # The same classes again: the labels file is kept; other classes: an error naming the fix.
-    assert run(["make-list", str(folder), str(tmp_path / "again.txt")])[0] == 0
+    assert run_cli(["make-list", str(folder), str(tmp_path / "again.txt")])[0] == 0
     (folder / "cat").mkdir()
     png(folder / "cat" / "c.png", 9)
     rc = main(["make-list", str(folder), str(tmp_path / "third.txt")])
@@ -85,7 +75,7 @@ def test_classes_file_fixes_the_label_order(folder, tmp_path, capsys):
 
 
 def test_convert_lmdb_reads_an_image_folder_as_its_list(folder, tmp_path):
-    rc, log = run(["convert-lmdb", str(folder), str(tmp_path / "folder_db")])
+    rc, log = run_cli(["convert-lmdb", str(folder), str(tmp_path / "folder_db")])
     assert rc == 0, log
     assert "Image folder" in log and "3 classes, 5 images" in log
     assert (tmp_path / "labels.txt").read_text() == "Bee\nant\nzebra\n"
