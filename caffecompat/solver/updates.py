@@ -315,12 +315,7 @@ def _slices(p: Param) -> list[Param]:
     count = min(n // _SLICE, (os.cpu_count() or 1) * 2)
     if count <= 1:
         return [p]
-    bounds = np.linspace(0, n, count + 1).astype(int)
-    flat = [p.data.reshape(-1), p.grad.reshape(-1), *(h.reshape(-1) for h in p.history)]
-    if any(not np.may_share_memory(f, a) for f, a in zip(flat, [p.data, p.grad, *p.history])):
-        return [p]  # not contiguous: reshape copied, so slices would not write back
-    return [Param(p.name, flat[0][a:b], flat[1][a:b], p.lr_mult, p.decay_mult, [h[a:b] for h in flat[2:]])
-            for a, b in zip(bounds[:-1], bounds[1:])]
+    return _cut(p, [int(b) for b in np.linspace(0, n, count + 1)])
 
 
 def _blocks(p: Param) -> list[Param]:
@@ -328,8 +323,13 @@ def _blocks(p: Param) -> list[Param]:
     n = p.data.size
     if n <= _BLOCK:
         return [p]
+    return _cut(p, [*range(0, n, _BLOCK), n])
+
+
+def _cut(p: Param, bounds: list[int]) -> list[Param]:
+    """Views of `p` between consecutive `bounds` (flat element offsets); `p` itself if it is not contiguous."""
     flat = [p.data.reshape(-1), p.grad.reshape(-1), *(h.reshape(-1) for h in p.history)]
     if any(not np.may_share_memory(f, a) for f, a in zip(flat, [p.data, p.grad, *p.history])):
-        return [p]  # not contiguous: reshape copied, so blocks would not write back
-    return [Param(p.name, flat[0][a:a + _BLOCK], flat[1][a:a + _BLOCK], p.lr_mult, p.decay_mult,
-                  [h[a:a + _BLOCK] for h in flat[2:]]) for a in range(0, n, _BLOCK)]
+        return [p]  # not contiguous: reshape copied, so the pieces would not write back
+    return [Param(p.name, flat[0][a:b], flat[1][a:b], p.lr_mult, p.decay_mult, [h[a:b] for h in flat[2:]])
+            for a, b in zip(bounds[:-1], bounds[1:])]
