@@ -82,9 +82,9 @@ NO_FOLDING = ["ConstantFolding"]
 
 
 def inference_session(model_bytes: bytes, providers: list, options: ort.SessionOptions | None = None,
-                      fold_constants: bool = True) -> ort.InferenceSession:
+                      fold_constants: bool = True, what: str = "creating an inference session") -> ort.InferenceSession:
     """An inference session over a serialized ONNX model (`fold_constants` False for graphs with a Backward)."""
-    return ort_call("creating an inference session", ort.InferenceSession, model_bytes,
+    return ort_call(what, ort.InferenceSession, model_bytes,
                     sess_options=options or session_options(), providers=providers,
                     disabled_optimizers=None if fold_constants else NO_FOLDING)
 

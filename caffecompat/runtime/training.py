@@ -21,7 +21,7 @@ from caffecompat.errors import CaffeCompatError
 from caffecompat.net.backward import plan
 from caffecompat.net.export import export
 from caffecompat.net.spec import NetSpec
-from caffecompat.runtime.providers import NO_FOLDING, device_of, ort_call, session_options
+from caffecompat.runtime.providers import device_of, inference_session, ort_call, session_options
 from caffecompat.runtime.update import UpdateParam, Updater
 from caffecompat.solver.updates import Param
 from caffecompat.solver.updates import update_values as numpy_update
@@ -78,9 +78,9 @@ class TrainingNet:
         # No memory pattern: ORT would allocate the pattern's block beside the first run's arena chunks,
         # measured +250 MB peak on CaffeNet (batch 32) for no speed gain.
         opts.enable_mem_pattern = False
-        self.session = ort_call(f"net '{spec.name}': creating the training session", ort.InferenceSession,
-                                exported.model.SerializeToString(), sess_options=opts, providers=self.providers,
-                                disabled_optimizers=NO_FOLDING)
+        self.session = inference_session(exported.model.SerializeToString(), self.providers, opts,
+                                         fold_constants=False,
+                                         what=f"net '{spec.name}': creating the training session")
 
     def _buffer(self, key: str, array: np.ndarray) -> ort.OrtValue:
         """A device buffer holding `array`; on the CPU it wraps (and keeps) the array itself."""

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.proto import caffe_pb2
-from caffecompat.runtime.providers import ort_call, session_options
+from caffecompat.runtime.providers import inference_session, ort_call
 from caffecompat.solver.updates import HISTORY_BLOBS, adam_correction
 
 F32 = np.float32
@@ -193,8 +193,8 @@ class Updater:
         self.session = None
         if build:
             model = build_update_model(solver, solver_type, self.params)
-            self.session = ort_call("creating the update session", ort.InferenceSession,
-                                    model.SerializeToString(), sess_options=session_options(), providers=providers)
+            self.session = inference_session(model.SerializeToString(), providers,
+                                             what="creating the update session")
 
     def run(self, values: dict[str, ort.OrtValue], diffs: dict[str, ort.OrtValue],
             history: dict[str, list[ort.OrtValue]], rate: float, iteration: int) -> float | None:
