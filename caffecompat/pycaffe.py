@@ -14,15 +14,24 @@ data written into a blob before `forward(start=...)` feeds that layer, and a
 reshaped input blob reshapes the net. The solvers are caffecompat's solver
 loop (same logs, snapshots and numbers as `caffecompat train`); `solver.net`
 and `solver.test_nets` are Net views over its live parameters.
+
+The mode (set_mode_cpu / set_mode_gpu / set_device) is global, as Caffe's:
+every net and solver, existing ones too, runs on the current mode from its
+next call. Calls on one Net (or Solver) are serialized by a lock, since they
+all read and write the same blobs: `forward` from several threads returns
+each call's own outputs (copies of the output blobs, taken under the lock).
+`net.layers[i].blobs` and `net.params[name]` are the same Blob objects, whose
+arrays the solvers update in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -47,12 +56,13 @@ _RNG: list[np.random.Generator] = [np.random.default_rng()]
 
 
 def set_mode_cpu() -> None:
-    """Run nets created from now on on the CPU (the default)."""
+    """Run every net, existing ones from their next call, on the CPU (the default)."""
     _MODE["gpu"] = False
 
 
 def set_mode_gpu() -> None:
-    """Run nets created from now on on CUDA device `set_device(n)` (default 0); needs onnxruntime-gpu."""
+    """Run every net, existing ones from their next call, on CUDA device `set_device(n)` (default 0); needs
+    onnxruntime-gpu."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -62,7 +72,7 @@ def set_mode_gpu() -> None:
 
 
 def set_device(device_id: int) -> None:
-    """The CUDA device of nets created in GPU mode."""
+    """The CUDA device nets run on in GPU mode (existing nets too, from their next call)."""
     if int(device_id) < 0:
         raise CaffeCompatError(f"set_device({device_id}): device ids start at 0")
     _MODE["device"] = int(device_id)
@@ -84,63 +94,57 @@ def _providers() -> list:
     return resolve(_MODE["device"]) if _MODE["gpu"] else ["CPUExecutionProvider"]
 
 
+@contextlib.contextmanager
+def _calling(*engines: Any) -> Iterator[None]:
+    """Hold the engines' locks (one call at a time per net) with their sessions on the current mode."""
+    with contextlib.ExitStack() as stack:
+        providers = _providers()
+        for engine in engines:
+            stack.enter_context(engine.lock)
+            # Caffe::mode() is global: a net made before set_mode_gpu/cpu runs on the new mode.
+            engine.set_providers(providers)
+        yield
+
+
 def _net_rng() -> np.random.Generator:
     # Every net draws from Caffe's one global generator; each gets its own stream seeded from it.
     return np.random.Generator(np.random.PCG64(int(_RNG[0].integers(2**63))))
-
-
-# -- MemoryData (set_input_arrays) -----------------------------------------------------
-
-
-class MemorySource:
-    """MemoryDataLayer: batches of the arrays given to `Net.set_input_arrays`, in order, wrapping around."""
-
-    def __init__(self, layer: caffe_pb2.LayerParameter) -> None:
-        p = layer.memory_data_param
-        self.name = layer.name
-        self.batch, self.chw = p.batch_size, (p.channels, p.height, p.width)
-        if self.batch * p.channels * p.height * p.width <= 0:
-            raise CaffeCompatError(f"layer '{layer.name}' (MemoryData): batch_size, channels, height and width must "
-                                   "be given and positive in memory_data_param")
-        self.data: np.ndarray | None = None
-        self.labels: np.ndarray | None = None
-        self.pos = 0
-
-    def top_shapes(self) -> list[tuple[int, ...]]:
-        return [(self.batch, *self.chw), (self.batch,)]
-
-    def reset(self, data: np.ndarray, labels: np.ndarray) -> None:
-        self.data, self.labels, self.pos = data, labels.reshape(-1), 0
-
-    def next_batch(self) -> list[np.ndarray]:
-        if self.data is None:
-            raise CaffeCompatError(f"layer '{self.name}' (MemoryData): no data yet; call net.set_input_arrays(data, "
-                                   "labels) first")
-        a, b = self.pos, self.pos + self.batch
-        self.pos = b % len(self.data)
-        return [self.data[a:b], self.labels[a:b]]
-
-    def close(self) -> None:
-        self.data = self.labels = None
-
-
-def _make_source(layer: caffe_pb2.LayerParameter, phase: int, rng: np.random.Generator):
-    if layer.type == "MemoryData":
-        return MemorySource(layer)
-    from caffecompat.data import make_source
-
-    return make_source(layer, phase, rng)
 
 
 # -- Net -----------------------------------------------------------------------------
 
 
 class _LayerView:
-    """A layer of a Net as pycaffe shows it: `type` and its parameter `blobs`."""
+    """A layer of a Net as pycaffe shows it: `type`, its parameter `blobs`, `setup` and `reshape`."""
 
-    def __init__(self, type_name: str, blobs: BlobVec) -> None:
-        self.type = type_name
+    def __init__(self, node: Any, blobs: BlobVec) -> None:
+        self._node = node
+        self.type = node.type
         self.blobs = blobs
+
+    def _tops_for(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> list[tuple[int, ...]]:
+        import dataclasses
+
+        node = self._node
+        if len(bottom) != len(node.bottom_blobs) or len(top) != len(node.top_blobs):
+            raise CaffeCompatError(f"layer '{node.label}' ({node.type}): give {len(node.bottom_blobs)} bottom and "
+                                   f"{len(node.top_blobs)} top blobs, got {len(bottom)} and {len(top)}")
+        probe = dataclasses.replace(node, bottom_shapes=[tuple(b.shape) for b in bottom])
+        impl = registry.get(probe)
+        impl.check_counts(probe)
+        if impl.source:
+            return [tuple(t.shape) for t in top]  # a data layer's tops keep the shape its data gives them
+        return impl.top_shapes(probe)
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """Layer::LayerSetUp: check the layer's parameters against these bottoms (caffecompat's C++-type layers
+        keep no other state, so nothing else changes)."""
+        self._tops_for(bottom, top)
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """Layer::Reshape: shape the tops as this layer makes them from these bottoms' shapes."""
+        for blob, shape in zip(top, self._tops_for(bottom, top)):
+            blob.reshape(*shape)
 
     def __repr__(self) -> str:
         return f"<Layer type={self.type} blobs={len(self.blobs)}>"
@@ -194,7 +198,7 @@ class Net:
             raise CaffeCompatError(f"{weights}: no such caffemodel file")
         net = read_net_prototxt(network_file)
         rng = _net_rng()
-        feeder = build_with_data(net, make_state(net, phase, level, stages), rng, network_file, make=_make_source)
+        feeder = build_with_data(net, make_state(net, phase, level, stages), rng, network_file)
         try:
             values = init_params(feeder.spec, rng)
             if weights is not None:
@@ -235,13 +239,66 @@ class Net:
         return OrderedDict((b, self._engine.blobs[b]) for b in self._engine.blob_names)
 
     @property
-    def blob_loss_weights(self) -> OrderedDict[str, float]:
-        """Blob name -> the loss weight Caffe gives it (0 for blobs that are no loss)."""
-        weights = OrderedDict((b, 0.0) for b in self._engine.blob_names)
+    def _blob_loss_weights(self) -> list[float]:
+        """Net::blob_loss_weights: the loss weight of each blob, in `_blob_names` order (0 for no loss)."""
+        weights = dict.fromkeys(self._engine.blob_names, 0.0)
         for node in self._spec.layers:
             for blob, w in zip(node.top_blobs, node.loss_weights):
                 weights[blob] = w
-        return weights
+        return list(weights.values())
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict[str, float]:
+        """Blob name -> the loss weight Caffe gives it (0 for blobs that are no loss)."""
+        return OrderedDict(zip(self._blob_names, self._blob_loss_weights))
+
+    def _bottom_ids(self, i: int) -> list[int]:
+        """Net::bottom_ids: the indices (into `_blob_names`) of layer i's bottoms."""
+        return [self._blob_names.index(b) for b in self._layer_node(i, "_bottom_ids").bottom_blobs]
+
+    def _top_ids(self, i: int) -> list[int]:
+        """Net::top_ids: the indices (into `_blob_names`) of layer i's tops."""
+        return [self._blob_names.index(b) for b in self._layer_node(i, "_top_ids").top_blobs]
+
+    def _layer_node(self, i: int, what: str):
+        layers = self._spec.layers
+        if not -len(layers) <= int(i) < len(layers):
+            raise IndexError(f"Net.{what}({i}): the net has {len(layers)} layers")
+        return layers[int(i)]
+
+    @property
+    def _inputs(self) -> list[int]:
+        """Net::input_blob_indices: the indices of the Input layers' tops."""
+        return [self._blob_names.index(b) for b in self.inputs]
+
+    @property
+    def _outputs(self) -> list[int]:
+        """Net::output_blob_indices: the indices of the output blobs."""
+        return [self._blob_names.index(b) for b in self.outputs]
+
+    # -- callbacks (Net::add_before_forward & co, pycaffe's before_forward ...) ----------
+    def _hook(self, when: str, callback: Callable[[int], Any]) -> None:
+        if not callable(callback):
+            raise CaffeCompatError(f"Net.{when}: give a callable taking the layer index, got "
+                                   f"{type(callback).__name__}")
+        with self._engine.lock:
+            self._engine.hooks[when].append(callback)
+
+    def before_forward(self, callback: Callable[[int], Any]) -> None:
+        """Call `callback(i)` before layer i's Forward, every forward pass (layers then run one by one)."""
+        self._hook("before_forward", callback)
+
+    def after_forward(self, callback: Callable[[int], Any]) -> None:
+        """Call `callback(i)` after layer i's Forward: the blobs hold what layer i wrote."""
+        self._hook("after_forward", callback)
+
+    def before_backward(self, callback: Callable[[int], Any]) -> None:
+        """Call `callback(i)` before layer i's Backward (every layer of the range, needing backward or not)."""
+        self._hook("before_backward", callback)
+
+    def after_backward(self, callback: Callable[[int], Any]) -> None:
+        """Call `callback(i)` after layer i's Backward."""
+        self._hook("after_backward", callback)
 
     def _layer_blobs(self, node) -> BlobVec:
         host = self._engine.host
@@ -258,7 +315,7 @@ class Net:
             if node.type == "Python" and host is not None:
                 out.append(host.objects[node.index])
             else:
-                out.append(_LayerView(node.type, self._layer_blobs(node)))
+                out.append(_LayerView(node, self._layer_blobs(node)))
         return out
 
     @property
@@ -302,8 +359,13 @@ class Net:
     def forward(self, blobs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                 **kwargs: np.ndarray) -> dict[str, np.ndarray]:
         """Run layers start..end (names; default all) forward; returns {blob: data} of the outputs (or of
-        `end`'s tops) plus `blobs`. Keyword arguments set the input blobs first (all of them)."""
-        blobs = list(blobs or [])
+        `end`'s tops) plus `blobs`, copies taken under the net's lock (so threads each get their own call's).
+        Keyword arguments set the input blobs first (all of them)."""
+        with _calling(self._engine):
+            return self._forward_call(list(blobs or []), start, end, kwargs)
+
+    def _forward_call(self, blobs: list[str], start: str | None, end: str | None,
+                      kwargs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = self._layer_index(start, "forward(start=...)") if start is not None else 0
         if end is not None:
             last = self._layer_index(end, "forward(end=...)")
@@ -322,13 +384,18 @@ class Net:
                                            f"batch is {blob.shape[0]}: reshape the blob or use forward_all")
                 blob.data[...] = array
         self._engine.forward(first, last)
-        return {out: self._engine.blobs[out].data for out in outputs}
+        return {out: self._engine.blobs[out].data.copy() for out in outputs}
 
     def backward(self, diffs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                  **kwargs: np.ndarray) -> dict[str, np.ndarray]:
         """Run layers start..end (default last..first) backward; returns {blob: diff} of the inputs (or of
-        `end`'s bottoms) plus `diffs`. Keyword arguments set the output blobs' diffs first (all of them)."""
-        diffs = list(diffs or [])
+        `end`'s bottoms) plus `diffs` (copies, as forward's). Keyword arguments set the output blobs' diffs
+        first (all of them)."""
+        with _calling(self._engine):
+            return self._backward_call(list(diffs or []), start, end, kwargs)
+
+    def _backward_call(self, diffs: list[str], start: str | None, end: str | None,
+                       kwargs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = self._layer_index(start, "backward(start=...)") if start is not None else len(self._spec.layers) - 1
         if end is not None:
             last = self._layer_index(end, "backward(end=...)")
@@ -347,7 +414,31 @@ class Net:
                                            f"net's batch is {blob.shape[0]}")
                 blob.diff[...] = array
         self._engine.backward(first, last)
-        return {out: self._engine.blobs[out].diff for out in outputs}
+        return {out: self._engine.blobs[out].diff.copy() for out in outputs}
+
+    def _forward(self, start: int, end: int) -> float:
+        """Net::ForwardFromTo(start, end) by layer index; returns the loss of those layers."""
+        first, last = self._index_range(start, end, "_forward")
+        if first > last:
+            raise CaffeCompatError(f"Net._forward({start}, {end}): start must not be after end")
+        with _calling(self._engine):
+            return float(self._engine.forward(first, last))
+
+    def _backward(self, start: int, end: int) -> None:
+        """Net::BackwardFromTo(start, end) by layer index (start >= end)."""
+        first, last = self._index_range(start, end, "_backward")
+        if first < last:
+            raise CaffeCompatError(f"Net._backward({start}, {end}): start must not be before end")
+        with _calling(self._engine):
+            self._engine.backward(first, last)
+
+    def _index_range(self, start: int, end: int, what: str) -> tuple[int, int]:
+        n = len(self._spec.layers)
+        for i in (start, end):
+            # Net::ForwardFromTo: CHECK_GE(start, 0) and CHECK_LT(end, layers_.size()).
+            if not 0 <= int(i) < n:
+                raise CaffeCompatError(f"Net.{what}({start}, {end}): layer indices run from 0 to {n - 1}")
+        return int(start), int(end)
 
     def _batch(self, arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Split `arrays` into the net's batch size; the last batch padded with zeros."""
@@ -364,36 +455,47 @@ class Net:
 
     def forward_all(self, blobs: Sequence[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
         """forward() over inputs of any length, batch by batch; returns each output for all items."""
+        with self._engine.lock:
+            return self._forward_all(blobs, kwargs)
+
+    def _forward_all(self, blobs: Sequence[str] | None, kwargs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         collected: dict[str, list[np.ndarray]] = {out: [] for out in set(self.outputs + list(blobs or []))}
         for batch in self._batch(kwargs):
             for name, data in self.forward(blobs=blobs, **batch).items():
-                collected[name].extend(data.copy())
+                collected[name].extend(data)
         outs = {name: np.asarray(items) for name, items in collected.items()}
         return _unpad(outs, kwargs)
 
     def forward_backward_all(self, blobs: Sequence[str] | None = None, diffs: Sequence[str] | None = None,
                              **kwargs: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """forward() and backward() over inputs (and output diffs) of any length, batch by batch."""
+        with self._engine.lock:
+            return self._forward_backward_all(blobs, diffs, kwargs)
+
+    def _forward_backward_all(self, blobs: Sequence[str] | None, diffs: Sequence[str] | None,
+                              kwargs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         all_outs: dict[str, list] = {out: [] for out in set(self.outputs + list(blobs or []))}
         all_diffs: dict[str, list] = {d: [] for d in set(self.inputs + list(diffs or []))}
         forward_batches = self._batch({k: kwargs[k] for k in self.inputs if k in kwargs})
         backward_batches = self._batch({k: kwargs[k] for k in self.outputs if k in kwargs})
         for fb, bb in zip_longest(forward_batches, backward_batches, fillvalue={}):
             for name, data in self.forward(blobs=blobs, **fb).items():
-                all_outs[name].extend(data.copy())
+                all_outs[name].extend(data)
             for name, diff in self.backward(diffs=diffs, **bb).items():
-                all_diffs[name].extend(diff.copy())
+                all_diffs[name].extend(diff)
         outs = _unpad({k: np.asarray(v) for k, v in all_outs.items()}, kwargs)
         grads = _unpad({k: np.asarray(v) for k, v in all_diffs.items()}, kwargs)
         return outs, grads
 
     def reshape(self) -> None:
         """Net::Reshape: every layer's shapes again from the input blobs' shapes (Python layers' reshape runs)."""
-        self._engine.rebuild(call_reshape=True)
+        with self._engine.lock:
+            self._engine.rebuild(call_reshape=True)
 
     def clear_param_diffs(self) -> None:
         """Net::ClearParamDiffs: zero every parameter's diff."""
-        self._engine.clear_param_diffs()
+        with self._engine.lock:
+            self._engine.clear_param_diffs()
 
     # -- parameters ------------------------------------------------------------------
     def _param_values(self) -> dict[str, np.ndarray]:
@@ -480,30 +582,22 @@ class Net:
                     blob.data[...] = array.reshape(blob.shape)
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
-        """Give the net's first layer, a MemoryData layer, the arrays its batches come from."""
+        """Give the net's first layer, a MemoryData layer, the arrays its batches come from (no copy: keep
+        them unchanged while the net uses them, as Caffe's MemoryDataLayer::Reset holds the pointers)."""
+        from caffecompat.data.memory_data import MemorySource
+
         first = self._spec.layers[0] if self._spec.layers else None
         source = self._engine.feeder.sources.get(first.name) if first is not None else None
+        # pycaffe's Net_SetInputArrays: only a first layer of type MemoryData takes arrays.
         if not isinstance(source, MemorySource):
             raise CaffeCompatError("set_input_arrays may only be called if the first layer is a MemoryData layer")
-        if labels.ndim == 1:
+        # pycaffe's _Net_set_input_arrays: 1-d labels become N x 1 x 1 x 1.
+        if isinstance(labels, np.ndarray) and labels.ndim == 1:
             labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
-        c, h, w = source.chw
-        for name, array, dims in (("data", data, (c, h, w)), ("labels", labels, (1, 1, 1))):
-            if not array.flags.c_contiguous:
-                raise CaffeCompatError(f"set_input_arrays: {name} array must be C contiguous")
-            if array.ndim != 4:
-                raise CaffeCompatError(f"set_input_arrays: {name} array must be 4-d")
-            if array.dtype != np.float32:
-                raise CaffeCompatError(f"set_input_arrays: {name} array must be float32")
-            if tuple(array.shape[1:]) != dims:
-                raise CaffeCompatError(f"set_input_arrays: {name} array has shape {list(array.shape)}, the layer "
-                                       f"needs N x {' x '.join(map(str, dims))}")
-        if len(data) != len(labels):
-            raise CaffeCompatError("set_input_arrays: data and labels must have the same first dimension")
-        if len(data) % source.batch:
-            raise CaffeCompatError("set_input_arrays: first dimensions of input arrays must be a multiple of batch "
-                                   f"size ({source.batch})")
-        source.reset(data, labels)
+        with self._engine.lock:
+            source.reset(data, labels)
+
+    _set_input_arrays = set_input_arrays
 
     def __repr__(self) -> str:
         return f"<caffecompat.Net '{self._spec.name}' with {len(self._spec.layers)} layers>"
@@ -573,21 +667,30 @@ class Solver:
         """The learning rate of the current iteration (SGDSolver::GetLearningRate)."""
         return float(self._solver.schedule.rate(self._solver.iter))
 
+    def _calling(self) -> contextlib.AbstractContextManager:
+        # One call at a time on the solver's nets, on the current mode (see the module docstring).
+        return _calling(self._solver.net.engine, *(t.runner.engine for t in self._solver.tests))
+
     def step(self, iters: int) -> None:
-        """Solver::Step: `iters` iterations (tests, forward/backward, display, update, snapshots)."""
-        self._solver.step(int(iters))
+        """Solver::Step: `iters` iterations (tests, forward/backward, display, update, snapshots). Input
+        layers' blobs keep what the script wrote into them (solver.net.blobs[...].data[...] = x)."""
+        with self._calling():
+            self._solver.step(int(iters))
 
     def solve(self, resume_file: str | os.PathLike | None = None) -> None:
         """Solver::Solve: optionally restore a .solverstate, then run to max_iter."""
-        self._solver.solve(None if resume_file is None else os.fspath(resume_file))
+        with self._calling():
+            self._solver.solve(None if resume_file is None else os.fspath(resume_file))
 
     def snapshot(self) -> None:
         """Write <prefix>_iter_<N>.caffemodel and .solverstate."""
-        self._solver.snapshot()
+        with self._calling():
+            self._solver.snapshot()
 
     def restore(self, path: str | os.PathLike) -> None:
         """Restore iteration, weights and solver history from a .solverstate."""
-        self._solver.restore(os.fspath(path))
+        with self._calling():
+            self._solver.restore(os.fspath(path))
 
     def add_callback(self, on_start: Any, on_gradients_ready: Any) -> None:
         """Call on_start() at the start of every iteration and on_gradients_ready() before every update."""
@@ -598,11 +701,12 @@ class Solver:
         from caffecompat.solver.updates import log_clip, log_iteration_lr
 
         s = self._solver
-        rate = s.schedule.rate(s.iter)
-        log_iteration_lr(s.param, s.iter, rate)
-        norm = s.net.apply_update(rate, s.iter)
-        if norm is not None:
-            log_clip(norm, s.param.clip_gradients)
+        with self._calling():
+            rate = s.schedule.rate(s.iter)
+            log_iteration_lr(s.param, s.iter, rate)
+            norm = s.net.apply_update(rate, s.iter)
+            if norm is not None:
+                log_clip(norm, s.param.clip_gradients)
 
     def share_weights(self, net: Net) -> None:
         """`net` shows this solver's training parameters (Net::ShareTrainedLayersWith)."""

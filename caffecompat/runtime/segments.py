@@ -24,9 +24,10 @@ same the solver's TrainingNet runs, so the numbers are the same.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,7 @@ _CACHE_SIZE = 32  # compiled segments kept per net (shapes that change, e.g. per
 class _Segment:
     """A compiled range: its session, what it reads and what its outputs mean."""
 
-    session: ort.InferenceSession
+    session: ort.InferenceSession | None  # None: the range computes nothing (top-less layers such as Silence)
     inputs: list[str]  # values fed from the blobs' data
     params: list[str]
     fed: dict  # Dropout masks and the like: input name -> FedInput
@@ -84,6 +85,12 @@ class SegmentedNet:
         self._fed: dict[str, np.ndarray] = {}  # the Dropout masks of the last forward, for its backward
         self.python_times: dict[tuple[str, str], float] = {}  # (layer, direction) -> seconds, for `time`
         self._profiled: list[ort.SessionOptions] = []
+        self._saved: dict[str, np.ndarray] = {}  # inputs a later in-place layer overwrote, for the backward
+        # One call at a time: every pass reads and writes the same blobs (pycaffe's Net and solvers take it).
+        self.lock = threading.RLock()
+        # Net::add_before_forward & co: callbacks called with the layer index around each layer's pass.
+        self.hooks: dict[str, list[Callable[[int], object]]] = {
+            "before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
         self._adopt(feeder.spec, first=True)
 
     # -- the resolved net --------------------------------------------------------
@@ -143,12 +150,26 @@ class SegmentedNet:
             return "python"
         return "source" if registry.get(node).source else "graph"
 
-    def _runs(self, start: int, end: int) -> list[tuple[str, int, int]]:
-        """(kind, first, last) for maximal runs of graph layers and single other layers in start..end."""
+    def set_providers(self, providers: list) -> None:
+        """Run on these execution providers from the next pass (pycaffe's set_mode_*): sessions made anew."""
+        if providers != self.providers:
+            self.providers = providers
+            self._segments.clear()
+
+    def _hooked(self, direction: str) -> bool:
+        return bool(self.hooks[f"before_{direction}"] or self.hooks[f"after_{direction}"])
+
+    def _call_hooks(self, when: str, index: int) -> None:
+        for callback in self.hooks[when]:
+            callback(index)
+
+    def _runs(self, start: int, end: int, split: bool = False) -> list[tuple[str, int, int]]:
+        """(kind, first, last) for maximal runs of graph layers and single other layers in start..end
+        (with `split`, every layer a run of its own: hooks see the blobs after each layer)."""
         runs: list[tuple[str, int, int]] = []
         for i in range(start, end + 1):
             k = self.kind(self.spec.layers[i])
-            if k == "graph" and runs and runs[-1][0] == "graph" and runs[-1][2] == i - 1:
+            if not split and k == "graph" and runs and runs[-1][0] == "graph" and runs[-1][2] == i - 1:
                 runs[-1] = ("graph", runs[-1][1], i)
             else:
                 runs.append((k, i, i))
@@ -171,7 +192,9 @@ class SegmentedNet:
     def _signature(self, layers: list[LayerNode]) -> tuple:
         return tuple(self.spec.shapes[v] for n in layers for v in (*n.bottoms, *n.tops))
 
-    def _session(self, model, backward: bool = False) -> ort.InferenceSession:
+    def _session(self, model, backward: bool = False) -> ort.InferenceSession | None:
+        if not model.graph.output:
+            return None  # layers with no tops and nothing to give back (Silence, a top-less Python-free range)
         options = self.options
         if options is not None and options.enable_profiling:
             # One profile file per segment session (ONNX Runtime names them by the second they start).
@@ -278,8 +301,23 @@ class SegmentedNet:
                                   if p.layer_need[n.index] and p.param_need[n.index][k]))
 
     # -- running segments -----------------------------------------------------------
+    def _overwritten(self, value: str) -> bool:
+        """Whether a later in-place layer overwrites `value` in its blob (it is not the blob's last value)."""
+        return self.spec.blob_values.get(self.value_blob[value]) != value
+
     def _run(self, seg: _Segment, what: str) -> dict[str, np.ndarray]:
+        if seg.session is None:
+            return {}
         feed: dict[str, np.ndarray] = {v: self.blob_of(v).data for v in seg.inputs}
+        for v in seg.inputs:
+            if not self._overwritten(v):
+                continue
+            # Caffe's in-place layers keep what their Backward needs of a bottom that a later layer overwrites;
+            # a range run alone keeps the value it read instead.
+            if what == "forward":
+                self._saved[v] = feed[v].copy()
+            elif what == "backward" and v in self._saved and self._saved[v].shape == feed[v].shape:
+                feed[v] = self._saved[v]
         for name in seg.params:
             feed[name] = self.params[name].data
         for name in seg.seeds:
@@ -325,7 +363,11 @@ class SegmentedNet:
         if self._inputs_reshaped():
             self.rebuild()
         loss = F32(0)
-        for kind, first, last in self._runs(start, end):
+        split = self._hooked("forward")
+        for kind, first, last in self._runs(start, end, split):
+            if split:
+                # Net::ForwardFromTo: before_forward callbacks, the layer's Forward, after_forward callbacks.
+                self._call_hooks("before_forward", first)
             if kind == "source":
                 self._forward_source(self.spec.layers[first], inputs)
             elif kind == "python":
@@ -339,13 +381,17 @@ class SegmentedNet:
                         # Net::ForwardFromTo adds each layer's loss: loss_weight * sum(top), in float32.
                         data = self.blobs[blob].data
                         loss = F32(loss + F32(weight) * F32(np.sum(data, dtype=F32)))
+            if split:
+                self._call_hooks("after_forward", first)
         return loss
 
     def _forward_source(self, node: LayerNode, inputs: Mapping[str, np.ndarray] | None) -> None:
+        if node.type == "Input":
+            # InputLayer::Forward_cpu does nothing: the tops keep what the user wrote (a feeder's zeros for an
+            # Input layer are for the fused runtimes, whose graphs need a value).
+            return
         if inputs is not None and all(v in inputs for v in node.tops):
             arrays = [inputs[v] for v in node.tops]
-        elif node.type == "Input":
-            return  # Input layers leave their tops as the user set them
         else:
             source = self.feeder.sources.get(node.name)
             if source is None:
@@ -370,7 +416,11 @@ class SegmentedNet:
     def backward(self, start: int | None = None, end: int = 0) -> None:
         """Layers start..end (start >= end) backward, as Net::BackwardFromTo."""
         start = len(self.spec.layers) - 1 if start is None else start
-        for kind, first, last in reversed(self._runs(end, start)):
+        split = self._hooked("backward")
+        for kind, first, last in reversed(self._runs(end, start, split)):
+            if split:
+                # Net::BackwardFromTo: the callbacks run for every layer, needing backward or not.
+                self._call_hooks("before_backward", first)
             if kind == "python":
                 node = self.spec.layers[first]
                 if self.plan.layer_need[first]:
@@ -380,12 +430,15 @@ class SegmentedNet:
             elif kind == "graph" and any(self.plan.layer_need[first:last + 1]):
                 seg = self._backward_segment(first, last)
                 self._store(seg, self._run(seg, "backward"))
+            if split:
+                self._call_hooks("after_backward", first)
 
     def forward_backward(self, inputs: Mapping[str, np.ndarray] | None = None) -> F32:
         """Net::ForwardBackward: Forward then Backward of the whole net; returns the loss.
 
         Without Python layers and reshaped inputs, one fused graph (the one TrainingNet runs) does both."""
-        if self.host is not None or self._inputs_reshaped() or not self.spec.loss_tops():
+        if (self.host is not None or self._inputs_reshaped() or not self.spec.loss_tops()
+                or any(self.hooks.values())):
             loss = self.forward(inputs=inputs)
             self.backward()
             return loss
@@ -459,6 +512,14 @@ class SegmentedTrainingNet(TrainingNet):
         blobs = param_blobs(self.spec, self._host, {n: self._host[f"{n}#diff"] for n in self.spec.params},
                              feeder.python)
         self.engine = SegmentedNet(feeder, blobs, self.providers, self.rng, options)
+        # The diffs are the host arrays pycaffe shows (net.params, net.layers[i].blobs): they hold what was
+        # computed or written, from the start (zeros), never a "not yet computed" state.
+        self._fresh = False
+
+    def clear_grads(self) -> None:
+        """Net::ClearParamDiffs: every parameter's diff zeroed now (a script may write them before the update)."""
+        self.flat_diff.fill(0)
+        self._fresh = False
 
     def _build_step(self, options: ort.SessionOptions | None) -> None:
         # The segments are compiled on first use; buffers live in host memory, which Python layers read.
@@ -474,9 +535,6 @@ class SegmentedTrainingNet(TrainingNet):
 
     def forward_backward(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Net::Forward + Net::Backward; parameter diffs add to the accumulated ones. Returns the outputs."""
-        if self._fresh:
-            self.flat_diff.fill(0)
-            self._fresh = False
         loss = self.engine.forward_backward(inputs)
         out = {v: self.engine.blob_of(v).data.copy() for v in self.spec.outputs}
         out[LOSS_OUTPUT] = np.asarray(loss, np.float32)
