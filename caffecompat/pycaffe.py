@@ -134,6 +134,13 @@ class _LayerView:
         impl.check_counts(probe)
         if impl.source:
             return [tuple(t.shape) for t in top]  # a data layer's tops keep the shape its data gives them
+        wanted = [tuple(shape) for shape in impl.param_shapes(probe)]
+        if node.param_shapes and wanted != [tuple(shape) for shape in node.param_shapes]:
+            # Layer::Reshape's checks (InnerProduct's "Input size incompatible with inner product parameters").
+            raise CaffeCompatError(f"layer '{node.label}' ({node.type}): bottoms of shape "
+                                   f"{[list(b.shape) for b in bottom]} need parameters of shape "
+                                   f"{[list(w) for w in wanted]}, the layer has "
+                                   f"{[list(w) for w in node.param_shapes]}")
         return impl.top_shapes(probe)
 
     def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
