@@ -88,10 +88,16 @@ def layer_type_list() -> list[str]:
     return registry.supported_types()
 
 
+_PROVIDERS: dict[tuple[bool, int], list] = {}  # mode -> provider list, resolved once (CUDA's libraries load once)
+
+
 def _providers() -> list:
     from caffecompat.runtime.providers import resolve
 
-    return resolve(_MODE["device"]) if _MODE["gpu"] else ["CPUExecutionProvider"]
+    key = (bool(_MODE["gpu"]), int(_MODE["device"]))
+    if key not in _PROVIDERS:
+        _PROVIDERS[key] = resolve(_MODE["device"]) if _MODE["gpu"] else ["CPUExecutionProvider"]
+    return _PROVIDERS[key]
 
 
 @contextlib.contextmanager

@@ -372,6 +372,7 @@ def test_mode_is_global_for_existing_nets_and_solvers(tmp_path, data, monkeypatc
     asked = []
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(providers, "resolve", lambda gpu, *a, **k: asked.append(gpu) or fake)
+    monkeypatch.setattr(caffe.pycaffe, "_PROVIDERS", {})  # the fake list must not outlive the test
     caffe.set_device(1)
     caffe.set_mode_gpu()
     try:

@@ -28,7 +28,9 @@ class Feeder:
     source: str = "net"
 
     def next_inputs(self) -> dict[str, np.ndarray]:
-        """One batch for every graph input; Input layers (no data source) are fed zeros, as Caffe leaves them."""
+        """One batch for every graph input. Input layers (no data source) get zeros, what their blobs hold
+        when nothing writes them (`caffecompat train`/`test`); runtime.segments, which pycaffe's nets and
+        solvers run on, ignores those and leaves the blobs as the script wrote them."""
         feed: dict[str, np.ndarray] = {}
         for node in self.spec.source_layers():
             source = self.sources.get(node.name)

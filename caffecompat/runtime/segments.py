@@ -208,7 +208,8 @@ class SegmentedNet:
         seg = self._segments.get(key)
         if seg is None:
             seg = self._segments[key] = make()
-            while len(self._segments) > _CACHE_SIZE:
+            # With callbacks every layer is a segment of its own: keep one forward and one backward per layer.
+            while len(self._segments) > max(_CACHE_SIZE, 2 * len(self.spec.layers) + 1):
                 self._segments.popitem(last=False)
         else:
             self._segments.move_to_end(key)
