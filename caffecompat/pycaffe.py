@@ -518,11 +518,12 @@ class Net:
         """Net::CopyTrainedLayersFrom: copy a .caffemodel's blobs into the layers of the same names."""
         from caffecompat.net.weights import load_caffemodel
 
-        values = dict(self._param_values())
-        load_caffemodel(self._spec, values, os.fspath(path))
-        for name, blob in self._engine.params.items():
-            if values[name] is not blob.data:
-                blob.data[...] = values[name]
+        with self._engine.lock:
+            values = dict(self._param_values())
+            load_caffemodel(self._spec, values, os.fspath(path))
+            for name, blob in self._engine.params.items():
+                if values[name] is not blob.data:
+                    blob.data[...] = values[name]
 
     def share_with(self, other: Net) -> None:
         """Net::ShareTrainedLayersWith: this net's layers show `other`'s parameter values (by layer name)."""

@@ -72,7 +72,7 @@ class ArrayData(caffe.Layer):
     def backward(self, top, propagate_down, bottom):
         pass
 '''
-SOLVER = """net: '{net}'
+SOLVER = """net: '{net}' type: '{type}'
 base_lr: 0.1 momentum: 0.9 weight_decay: 0.01 lr_policy: 'fixed'
 max_iter: {iters} display: 1 snapshot: 1 snapshot_prefix: '{prefix}' random_seed: 3 solver_mode: CPU
 {extra}"""
@@ -91,10 +91,11 @@ def _write(path: Path, text: str) -> str:
     return str(path)
 
 
-def _solver(tmp_path: Path, name: str, net_text: str, iters: int = ITERS, extra: str = "") -> str:
+def _solver(tmp_path: Path, name: str, net_text: str, iters: int = ITERS, extra: str = "",
+            solver_type: str = "SGD") -> str:
     net = _write(tmp_path / f"{name}.prototxt", net_text)
     return _write(tmp_path / f"{name}_solver.prototxt",
-                  SOLVER.format(net=net, iters=iters, prefix=tmp_path / name, extra=extra))
+                  SOLVER.format(net=net, type=solver_type, iters=iters, prefix=tmp_path / name, extra=extra))
 
 
 def _init_weights(tmp_path: Path) -> str:
@@ -114,14 +115,16 @@ def _batch(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 
 
 @pytest.fixture
-def reference(tmp_path, data) -> dict:
+def reference(tmp_path, data, request) -> dict:
     """`caffecompat train` on the batches through HDF5Data: each iteration's loss, from its snapshots."""
     x, y = data
+    solver_type = getattr(request, "param", "SGD")
     with h5py.File(tmp_path / "train.h5", "w") as f:
         f["data"], f["label"] = x, y
     listing = _write(tmp_path / "train.txt", f"{tmp_path / 'train.h5'}\n")
     init = _init_weights(tmp_path)
-    status, log = run_cli(["train", "-solver", _solver(tmp_path, "cli", HDF5_NET % listing), "-weights", init])
+    solver = _solver(tmp_path, "cli", HDF5_NET % listing, solver_type=solver_type)
+    status, log = run_cli(["train", "-solver", solver, "-weights", init])
     assert status == 0, log
     scorer = caffe.Net(str(tmp_path / "init.prototxt"), caffe.TRAIN)
     losses = []
@@ -152,9 +155,12 @@ def _captured():
     return stream
 
 
-def test_input_layer_loop_trains_on_the_scripts_batches(tmp_path, data, reference):
+@pytest.mark.parametrize(("reference", "cls"), [("SGD", "SGDSolver"), ("Adam", "AdamSolver"),
+                                                ("Nesterov", "NesterovSolver")], indirect=["reference"])
+def test_input_layer_loop_trains_on_the_scripts_batches(tmp_path, data, reference, cls):
     x, y = data
-    solver = caffe.SGDSolver(_solver(tmp_path, "input", INPUT_NET))
+    # The class decides the update rule (the file says SGD), as pycaffe's AdamSolver(...) does.
+    solver = getattr(caffe, cls)(_solver(tmp_path, "input", INPUT_NET))
     solver.net.copy_from(reference["init"])
     losses = []
     stream = _captured()
