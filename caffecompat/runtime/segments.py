@@ -14,6 +14,11 @@ writes the bottom diffs back and adds the parameter diffs to the parameters'
 tops from their sources; Input tops keep what the user wrote; Python layers run
 their own forward/backward on the Blobs. A Python layer whose tops change shape
 (or an Input blob the user reshaped) makes the net resolve its shapes again.
+A range of top-less layers (Silence) computes nothing and makes no session.
+A value a range reads that a later in-place layer overwrites is kept from the
+forward for that range's backward, as Caffe's in-place layers keep their own
+copy. With Net callbacks (`hooks`: pycaffe's before_forward & co) every layer
+runs as a range of its own, the callbacks around it. `lock` serializes callers.
 
 `SegmentedTrainingNet` and `SegmentedRunner` put this behind the interfaces
 the solver and the tools use (runtime.training.TrainingNet, runtime.forward
