@@ -359,6 +359,9 @@ def test_top_less_nets_build_and_run(tmp_path):
     grads = sink.backward()
     # SilenceLayer::Backward zeroes its bottoms' diffs: nothing flows back to the data.
     np.testing.assert_array_equal(grads["data"], 0)
+    # Caffe's tools build it too: `caffe time` runs its (empty) forward passes.
+    status, log = run_cli(["time", "-model", str(tmp_path / "silent.prototxt"), "-iterations", "2"])
+    assert status == 0 and "silence_data\tforward: 0 ms." in log
 
 
 # -- mode ----------------------------------------------------------------------------------------

@@ -42,11 +42,14 @@ class ForwardRunner:
         self.fed_inputs = exported.fed_inputs
         self.rng = rng if rng is not None else np.random.default_rng()
         self.output_names = [o.name for o in exported.model.graph.output]
-        self.session = inference_session(exported.model.SerializeToString(),
-                                         providers or ["CPUExecutionProvider"], options)
+        # A net with no outputs (data into Silence layers) computes nothing ONNX Runtime could return.
+        self.session = inference_session(exported.model.SerializeToString(), providers or ["CPUExecutionProvider"],
+                                         options) if self.output_names else None
 
     def run(self, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by value name for one forward pass."""
+        if self.session is None:
+            return {}
         feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.spec.inputs}
         for p in self.params:
             feed[p] = params[p]

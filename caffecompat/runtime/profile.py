@@ -31,8 +31,10 @@ def profiled_options(profile_dir: str) -> ort.SessionOptions:
     return opts
 
 
-def layer_times(session: ort.InferenceSession, runs: int) -> dict[tuple[str, str], float]:
+def layer_times(session: ort.InferenceSession | None, runs: int) -> dict[tuple[str, str], float]:
     """End `session`'s profile; mean milliseconds per run for each (layer, "forward" | "backward")."""
+    if session is None:
+        return {}  # a net or range with nothing to compute made no session
     path = session.end_profiling()
     try:
         with open(path) as f:
