@@ -598,20 +598,22 @@ class Net:
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Give the net's first layer, a MemoryData layer, the arrays its batches come from (no copy: keep
         them unchanged while the net uses them, as Caffe's MemoryDataLayer::Reset holds the pointers)."""
+        # pycaffe's _Net_set_input_arrays: 1-d labels become N x 1 x 1 x 1.
+        if isinstance(labels, np.ndarray) and labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
+        self._set_input_arrays(data, labels)
+
+    def _set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """_caffe.cpp's Net_SetInputArrays: 4-d float32 C-contiguous data and N x 1 x 1 x 1 labels."""
         from caffecompat.data.memory_data import MemorySource
 
         first = self._spec.layers[0] if self._spec.layers else None
         source = self._engine.feeder.sources.get(first.name) if first is not None else None
-        # pycaffe's Net_SetInputArrays: only a first layer of type MemoryData takes arrays.
+        # Net_SetInputArrays: only a first layer of type MemoryData takes arrays.
         if not isinstance(source, MemorySource):
             raise CaffeCompatError("set_input_arrays may only be called if the first layer is a MemoryData layer")
-        # pycaffe's _Net_set_input_arrays: 1-d labels become N x 1 x 1 x 1.
-        if isinstance(labels, np.ndarray) and labels.ndim == 1:
-            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
         with self._engine.lock:
             source.reset(data, labels)
-
-    _set_input_arrays = set_input_arrays
 
     def __repr__(self) -> str:
         return f"<caffecompat.Net '{self._spec.name}' with {len(self._spec.layers)} layers>"

@@ -271,7 +271,9 @@ def test_set_input_arrays_checks(tmp_path, data):
             net.set_input_arrays(d, lab)
     with pytest.raises(CaffeCompatError, match="no data yet.*set_input_arrays"):
         solver.step(1)
-    net._set_input_arrays(x, y.reshape(N, 1, 1, 1).copy())  # the C++ entry point takes N x 1 x 1 x 1 labels
+    with pytest.raises(CaffeCompatError, match="labels array must be 4-d"):
+        net._set_input_arrays(x, y)  # the C++ entry point takes N x 1 x 1 x 1 labels only
+    net._set_input_arrays(x, y.reshape(N, 1, 1, 1).copy())
     solver.step(1)
     np.testing.assert_array_equal(net.blobs["data"].data, x[:4])
     other = caffe.Net(_write(tmp_path / "in.prototxt", INPUT_NET), caffe.TEST)
