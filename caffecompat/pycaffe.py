@@ -224,10 +224,12 @@ class Net:
         self._finalizer = weakref.finalize(self, feeder.close)
 
     @classmethod
-    def _view(cls, engine: Any) -> Net:
-        """A Net over an engine someone else owns (a solver's train or test net)."""
+    def _view(cls, engine: Any, owner: Any = None) -> Net:
+        """A Net over an engine someone else owns (a solver's train or test net); the view keeps its owner
+        alive (`net = get_solver(f).net` must not close the solver's data under the net)."""
         net = cls.__new__(cls)
         net._attach(engine)
+        net._owner = owner
         return net
 
     def _attach(self, engine: Any) -> None:
@@ -652,6 +654,8 @@ class Solver:
             param.ClearField("solver_type")
         check_net_files(param, filename)
         self._solver = _PySolver(param, filename, weights=list(param.weights), providers=_providers())
+        # The data sources' threads and databases close with the solver, as they do with a Net.
+        self._finalizer = weakref.finalize(self, self._solver.close)
         self._net: Net | None = None
         self._test_nets: list[Net] | None = None
 
@@ -659,14 +663,14 @@ class Solver:
     def net(self) -> Net:
         """The training net, a view over the solver's live parameters."""
         if self._net is None:
-            self._net = Net._view(self._solver.net.engine)
+            self._net = Net._view(self._solver.net.engine, self)
         return self._net
 
     @property
     def test_nets(self) -> list[Net]:
         """The test nets, sharing the training net's parameters by layer name."""
         if self._test_nets is None:
-            self._test_nets = [Net._view(t.runner.engine) for t in self._solver.tests]
+            self._test_nets = [Net._view(t.runner.engine, self) for t in self._solver.tests]
         return self._test_nets
 
     @property

@@ -564,3 +564,19 @@ def test_layer_setup_and_reshape_of_caffe_layers(tmp_path):
     shapes = r"need parameters of shape \[\[4, 5\], \[4\]\], the layer has \[\[4, 6\], \[4\]\]"
     with pytest.raises(CaffeCompatError, match=shapes):
         ip.reshape([caffe.Blob((7, 5))], [top])  # 5 inputs for weights made for 6
+
+
+def test_solver_closes_its_data_with_it_and_its_nets_keep_it(tmp_path, data):
+    import gc
+
+    x, y = data
+    path = _solver(tmp_path, "life", MEMORY_NET, iters=2)
+    net = caffe.get_solver(path).net  # the solver object itself is dropped at once
+    gc.collect()
+    net.set_input_arrays(x, y)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data, x[:4])
+    source = net._engine.feeder.sources["data"]
+    del net
+    gc.collect()
+    assert source.data is None  # MemorySource.close ran: the solver's sources closed with it
