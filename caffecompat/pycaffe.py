@@ -656,22 +656,27 @@ class Solver:
         self._solver = _PySolver(param, filename, weights=list(param.weights), providers=_providers())
         # The data sources' threads and databases close with the solver, as they do with a Net.
         self._finalizer = weakref.finalize(self, self._solver.close)
-        self._net: Net | None = None
-        self._test_nets: list[Net] | None = None
+        # The Net views, held weakly: a view keeps the solver alive, the solver does not keep its views (no
+        # reference cycle, so a dropped solver closes its data at once).
+        self._views: dict[int, weakref.ref] = {}
 
     @property
     def net(self) -> Net:
         """The training net, a view over the solver's live parameters."""
-        if self._net is None:
-            self._net = Net._view(self._solver.net.engine, self)
-        return self._net
+        return self._view(-1, self._solver.net.engine)
 
     @property
     def test_nets(self) -> list[Net]:
         """The test nets, sharing the training net's parameters by layer name."""
-        if self._test_nets is None:
-            self._test_nets = [Net._view(t.runner.engine, self) for t in self._solver.tests]
-        return self._test_nets
+        return [self._view(i, t.runner.engine) for i, t in enumerate(self._solver.tests)]
+
+    def _view(self, key: int, engine: Any) -> Net:
+        ref = self._views.get(key)
+        net = ref() if ref is not None else None
+        if net is None:
+            net = Net._view(engine, self)
+            self._views[key] = weakref.ref(net)
+        return net
 
     @property
     def iter(self) -> int:
