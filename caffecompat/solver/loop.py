@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from caffecompat import glog, outfiles, parallel
-from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.errors import CaffeCompatError
 from caffecompat.net.export import LOSS_OUTPUT
 from caffecompat.net.setup_log import debug_string
 from caffecompat.net.spec import NetSpec, check_net_types
@@ -35,6 +35,7 @@ from caffecompat.solver.solverstate import (
     check_history,
     flatten_history,
     read_solverstate,
+    split_history,
 )
 from caffecompat.solver.updates import log_clip, log_iteration_lr, make_history
 
@@ -74,8 +75,6 @@ class Solver:
         self.parallel.adopt(self.signals)
         self.last_snapshot: str | None = None
         validate_solver(param, solver_file)
-        if param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            raise NotSupportedError(f"snapshot_format: HDF5 ({solver_file}); use BINARYPROTO")
         self.param = param
         self.solver_file = solver_file
         self.solver_type = resolve_solver_type(param, solver_file)
@@ -380,17 +379,20 @@ class Solver:
         diffs = None
         if self.param.snapshot_diff:
             diffs = {n: self.net.grad(n) for n in self.param_names}
-        model = self.snapshot_filename(".caffemodel")
-        state = self.snapshot_filename(".solverstate")
+        # Solver::Snapshot / SnapshotSolverState: HDF5 snapshots are <prefix>_iter_N.caffemodel.h5 / .solverstate.h5.
+        hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        suffix = ".h5" if hdf5 else ""
+        model = self.snapshot_filename(".caffemodel" + suffix)
+        state = self.snapshot_filename(".solverstate" + suffix)
         try:
             write_snapshot(model, state, self.spec, values, diffs, self.iter, flatten_history(self.history),
-                           self.schedule.current_step)
+                           self.schedule.current_step, hdf5=hdf5)
         except CaffeCompatError as e:
             raise snapshot_failed(e, self.iter, self.last_snapshot) from None
         self.last_snapshot = state
 
     def restore(self, path: str) -> None:
-        """SGDSolver::RestoreSolverStateFromBinaryProto: iteration, weights of learned_net, history, step."""
+        """SGDSolver::RestoreSolverStateFromBinaryProto / FromHDF5: iteration, learned_net's weights, history, step."""
         state = read_solverstate(path)
         if state.learned_net:
             values = {n: np.array(v) for n, v in self.live_values().items()}
@@ -399,10 +401,13 @@ class Solver:
                 self.net.set_data(name, array)
         history = self.history
         shapes = flatten_history([[h.shape for h in hist] for hist in history])
-        names = flatten_history([[n] * len(hist) for n, hist in zip(self.param_names, history)])
-        restored = iter(check_history(state, shapes, path, names))
-        for name, hist in zip(self.param_names, history):
-            self.net.set_history(name, [next(restored) for _ in hist])
+        names = flatten_history([[f"{n} history {k}" for k in range(len(hist))]
+                                 for n, hist in zip(self.param_names, history)])
+        # SGDSolver::RestoreSolverStateFromBinaryProto: history_[i] and history_[i + N] (AdaDelta, Adam) are
+        # the first and second blobs of parameter i.
+        restored = split_history(check_history(state, shapes, path, names), len(self.param_names))
+        for name, arrays in zip(self.param_names, restored):
+            self.net.set_history(name, arrays)
         self.iter = state.iteration
         self.schedule.current_step = state.current_step
         self.last_snapshot = path
