@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from caffecompat import glog, outfiles, parallel
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.net.export import LOSS_OUTPUT
 from caffecompat.net.setup_log import debug_string
 from caffecompat.net.spec import NetSpec, check_net_types
@@ -26,7 +26,7 @@ from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import Feeder, build_with_data
 from caffecompat.runtime.forward import ForwardRunner, forward_loss
 from caffecompat.runtime.training import TrainingNet
-from caffecompat.solver import nets
+from caffecompat.solver import debug_info, nets
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.lr_policy import LrSchedule, resolve_solver_type, validate_solver
 from caffecompat.solver.signals import Signals
@@ -78,6 +78,9 @@ class Solver:
         self.param = param
         self.solver_file = solver_file
         self.solver_type = resolve_solver_type(param, solver_file)
+        # Solver::Init / Step: debug_info logs every TEST pass and the TRAIN passes of displayed iterations.
+        self.debug_info = param.debug_info
+        self._net_debug = False
         weights = [w.strip() for w in weights if w.strip()]
         # Solver::CheckSnapshotWritePermissions, before the parameters are logged so the error is what shows.
         self._check_snapshot_prefix()
@@ -142,11 +145,27 @@ class Solver:
         # One fused graph; segments around Python layers (runtime.segments).
         from caffecompat.runtime.segments import training_net
 
+        if self.debug_info:
+            self._check_debuggable(self.train)
+            return TrainingNet(self.train.spec, values, providers, rng=self.rng, debug=True)
         return training_net(self.train, values, providers, rng=self.rng)
+
+    def _check_debuggable(self, feeder: Feeder) -> None:
+        if feeder.python is not None:
+            raise NotSupportedError(f"debug_info: true ({self.solver_file}) with Python layers in net "
+                                    f"'{feeder.spec.name}'; drop debug_info, or log the blobs from the Python "
+                                    "layer itself")
 
     def _test_runner(self, feeder: Feeder, providers: list | None) -> ForwardRunner:
         from caffecompat.runtime.segments import scoring
 
+        if self.debug_info:
+            self._check_debuggable(feeder)
+            spec = feeder.spec
+            tops = [t for node in spec.layers for t in node.tops if t not in spec.inputs]
+            extra = [v for v, _ in spec.loss_tops()]
+            wanted = list(dict.fromkeys([*spec.outputs, *extra, *tops]))
+            return ForwardRunner(spec, outputs=wanted, providers=providers, rng=self.rng)
         return scoring(feeder, providers, rng=self.rng)
 
     # -- parameters ------------------------------------------------------------
@@ -205,7 +224,10 @@ class Solver:
 
     def _final_forward(self) -> F32:
         """Net::Forward of the TRAIN net for Solve's last display line: the loss; no update follows."""
-        outputs = self.net.forward_backward(self.train.next_inputs())
+        inputs = self.train.next_inputs()
+        outputs = self.net.forward_backward(inputs)
+        if self._net_debug:  # Net::Forward keeps the debug_info the last Step iteration set
+            debug_info.train_forward_lines(self.spec, self.net.debug_outputs, outputs, inputs, self.value)
         self._update_batchnorm(outputs)
         self.net.clear_grads()
         return F32(outputs[LOSS_OUTPUT])
@@ -240,10 +262,17 @@ class Solver:
             for callback in self.callbacks:
                 callback.on_start()
             display = p.display and self.iter % p.display == 0
+            # Solver::Step: net_->set_debug_info(display && param_.debug_info()).
+            self._net_debug = bool(display and self.debug_info)
             loss = F32(0)
             outputs: dict[str, np.ndarray] = {}
             for _ in range(p.iter_size):
-                outputs = self.net.forward_backward(self.train.next_inputs())
+                inputs = self.train.next_inputs()
+                if self._net_debug:
+                    prior = {n: np.array(self.net.grad(n)) for n in self.param_names}
+                outputs = self.net.forward_backward(inputs)
+                if self._net_debug:
+                    self._log_debug(outputs, inputs, prior)
                 self._update_batchnorm(outputs)
                 loss = F32(loss + F32(outputs[LOSS_OUTPUT]))
             loss = F32(loss / F32(p.iter_size))
@@ -271,6 +300,15 @@ class Solver:
             if action == "stop":
                 self.requested_early_exit = True
                 break
+
+    def _log_debug(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+                   prior: dict[str, np.ndarray]) -> None:
+        if not self.parallel.root:
+            return  # LOG_IF(INFO, Caffe::root_solver())
+        debug = self.net.debug_outputs
+        debug_info.train_forward_lines(self.spec, debug, outputs, inputs, self.value)
+        debug_info.backward_lines(self.spec, self.net.backward_plan, debug, outputs, prior, self.value,
+                                  self.net.grad)
 
     def _log_outputs(self, where: str, kind: str, spec: NetSpec, outputs: dict[str, np.ndarray]) -> None:
         index = 0
@@ -325,7 +363,10 @@ class Solver:
             elif action == "stop":
                 self.requested_early_exit = True
                 break
-            out = t.runner.run(t.feeder.next_inputs(), params)
+            inputs = t.feeder.next_inputs()
+            out = t.runner.run(inputs, params)
+            if self.debug_info:
+                debug_info.test_forward_lines(spec, out, inputs, lambda n: params[n] if n in params else self.value(n))
             if self.param.test_compute_loss:
                 loss = F32(loss + forward_loss(spec, out))
             flat = np.concatenate([np.asarray(out[n], np.float32).reshape(-1) for n in spec.outputs]) \
