@@ -146,3 +146,28 @@ def test_without_debug_info_nothing_is_logged(golden, tmp_path, monkeypatch):
     status, log = run_cli(["train", "-solver", str(solver), "-weights", "train/init.caffemodel"])
     assert status == 0 and "[Forward]" not in log and "All net params" not in log
 
+
+
+def test_net_debug_info_in_caffe_test_matches_pycaffe(golden, tmp_path, monkeypatch):
+    # caffe test: Net::Init takes debug_info from the net prototxt, and every Forward logs its layers.
+    import caffecompat as caffe
+
+    monkeypatch.chdir(golden)
+    model = tmp_path / "net.prototxt"
+    model.write_text("debug_info: true\n" + (golden / "train/net.prototxt").read_text())
+    status, log = run_cli(["test", "-model", str(model), "-weights", "train/init.caffemodel", "-iterations", "1"])
+    assert status == 0, log[-2000:]
+    lines = [m.groups() for m in map(_LINE.search, log.splitlines()) if m]
+    net = caffe.Net(str(model), "train/init.caffemodel", caffe.TEST)
+    net.forward(end="data")
+    expected = []
+    for name, layer in zip(net._layer_names, net.layers):
+        if name != "data":
+            net.forward(start=name, end=name)
+        expected += [(name, top, _mean_abs(net.blobs[top].data)) for top in net.top_names[name]]
+        expected += [(name, str(k), _mean_abs(b.data)) for k, b in enumerate(layer.blobs)]
+    assert [(layer, blob) for _, layer, _, blob, _, _ in lines] == [e[:2] for e in expected]
+    assert any(layer.endswith("_split") for layer, _, _ in expected)  # Caffe's split layers log too
+    for (_, layer, _, blob, _, ours), (_, _, theirs) in zip(lines, expected):
+        assert float(ours) == pytest.approx(theirs, rel=2e-5, abs=1e-9), (layer, blob)
+    assert "[Backward]" not in log

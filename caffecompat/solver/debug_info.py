@@ -19,12 +19,31 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from caffecompat import glog
+from caffecompat.errors import NotSupportedError
 from caffecompat.net.backward import BackwardPlan
 from caffecompat.net.spec import NetSpec
+from caffecompat.runtime.feeder import Feeder
+from caffecompat.runtime.forward import ForwardRunner
 from caffecompat.solver.fmt import caffe_float
 
 F32 = np.float32
 Debug = Mapping[tuple[str, int, int], str]
+
+
+def check_debuggable(feeder: Feeder, asked_by: str) -> None:
+    """debug_info reads every layer's blobs from one graph: a net with Python layers is not supported."""
+    if feeder.python is not None:
+        raise NotSupportedError(f"{asked_by} with Python layers in net '{feeder.spec.name}'; drop debug_info, "
+                                "or log the blobs from the Python layer itself")
+
+
+def debug_runner(feeder: Feeder, providers: list | None, rng: np.random.Generator, asked_by: str) -> ForwardRunner:
+    """A forward runner that outputs every top of every layer (and the loss tops), for forward_lines."""
+    check_debuggable(feeder, asked_by)
+    spec = feeder.spec
+    tops = [t for node in spec.layers for t in node.tops if t not in spec.inputs]
+    wanted = list(dict.fromkeys([*spec.outputs, *(v for v, _ in spec.loss_tops()), *tops]))
+    return ForwardRunner(spec, outputs=wanted, providers=providers, rng=rng)
 
 
 def asum(x: np.ndarray) -> np.float32:

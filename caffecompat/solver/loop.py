@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from caffecompat import glog, outfiles, parallel
-from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.errors import CaffeCompatError
 from caffecompat.net.export import LOSS_OUTPUT
 from caffecompat.net.setup_log import debug_string
 from caffecompat.net.spec import NetSpec, check_net_types
@@ -146,26 +146,15 @@ class Solver:
         from caffecompat.runtime.segments import training_net
 
         if self.debug_info:
-            self._check_debuggable(self.train)
+            debug_info.check_debuggable(self.train, f"debug_info: true ({self.solver_file})")
             return TrainingNet(self.train.spec, values, providers, rng=self.rng, debug=True)
         return training_net(self.train, values, providers, rng=self.rng)
-
-    def _check_debuggable(self, feeder: Feeder) -> None:
-        if feeder.python is not None:
-            raise NotSupportedError(f"debug_info: true ({self.solver_file}) with Python layers in net "
-                                    f"'{feeder.spec.name}'; drop debug_info, or log the blobs from the Python "
-                                    "layer itself")
 
     def _test_runner(self, feeder: Feeder, providers: list | None) -> ForwardRunner:
         from caffecompat.runtime.segments import scoring
 
         if self.debug_info:
-            self._check_debuggable(feeder)
-            spec = feeder.spec
-            tops = [t for node in spec.layers for t in node.tops if t not in spec.inputs]
-            extra = [v for v, _ in spec.loss_tops()]
-            wanted = list(dict.fromkeys([*spec.outputs, *extra, *tops]))
-            return ForwardRunner(spec, outputs=wanted, providers=providers, rng=self.rng)
+            return debug_info.debug_runner(feeder, providers, self.rng, f"debug_info: true ({self.solver_file})")
         return scoring(feeder, providers, rng=self.rng)
 
     # -- parameters ------------------------------------------------------------
