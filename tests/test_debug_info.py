@@ -171,3 +171,19 @@ def test_net_debug_info_in_caffe_test_matches_pycaffe(golden, tmp_path, monkeypa
     for (_, layer, _, blob, _, ours), (_, _, theirs) in zip(lines, expected):
         assert float(ours) == pytest.approx(theirs, rel=2e-5, abs=1e-9), (layer, blob)
     assert "[Backward]" not in log
+
+
+def test_batchnorm_statistics_show_after_their_forward(golden, tmp_path, monkeypatch):
+    # BatchNormLayer::Forward_cpu (training) updates its blobs before ForwardDebugInfo reads them:
+    # the scale factor blob becomes moving_average_fraction * s + 1, the mean maf * m + batch mean.
+    monkeypatch.chdir(golden)
+    solver = _solver(golden, tmp_path, net="train/net_bn.prototxt", max_iter=1, test_interval=0, test_iter=[])
+    status, log = run_cli(["train", "-solver", str(solver), "-weights", "train/init_bn.caffemodel"])
+    assert status == 0, log[-2000:]
+    lines, _ = _first_pass(log)
+    logged = {(layer, blob): float(v) for way, layer, kind, blob, _, v in lines
+              if way == "Forward" and kind == "param blob"}
+    init = {lp.name: lp.blobs for lp in read_caffemodel(golden / "train/init_bn.caffemodel").layer}
+    for bn in ("bn1", "bn2"):
+        factor = float(blob_to_array(init[bn][2]).reshape(-1)[0])
+        assert logged[(bn, "2")] == pytest.approx(abs(np.float32(0.999) * np.float32(factor) + 1), rel=1e-6)

@@ -215,9 +215,9 @@ class Solver:
         """Net::Forward of the TRAIN net for Solve's last display line: the loss; no update follows."""
         inputs = self.train.next_inputs()
         outputs = self.net.forward_backward(inputs)
+        self._update_batchnorm(outputs)
         if self._net_debug:  # Net::Forward keeps the debug_info the last Step iteration set
             debug_info.train_forward_lines(self.spec, self.net.debug_outputs, outputs, inputs, self.value)
-        self._update_batchnorm(outputs)
         self.net.clear_grads()
         return F32(outputs[LOSS_OUTPUT])
 
@@ -260,9 +260,10 @@ class Solver:
                 if self._net_debug:
                     prior = {n: np.array(self.net.grad(n)) for n in self.param_names}
                 outputs = self.net.forward_backward(inputs)
+                # BatchNorm's Forward updates its statistics before ForwardDebugInfo reads its blobs.
+                self._update_batchnorm(outputs)
                 if self._net_debug:
                     self._log_debug(outputs, inputs, prior)
-                self._update_batchnorm(outputs)
                 loss = F32(loss + F32(outputs[LOSS_OUTPUT]))
             loss = F32(loss / F32(p.iter_size))
             self._update_smoothed_loss(loss, start_iter)
