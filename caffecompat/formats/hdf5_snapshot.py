@@ -43,9 +43,11 @@ def _h5py():
     return h5py
 
 
-def net_to_hdf5(spec: NetSpec, values: Mapping[str, np.ndarray],
-                diffs: Mapping[str, np.ndarray] | None = None) -> bytes:
-    """Net::ToHDF5: the bytes of a `.caffemodel.h5` holding `values` (and `diffs` when given)."""
+def net_to_hdf5(spec: NetSpec, values: Mapping[str, np.ndarray], diffs: Mapping[str, np.ndarray] | None = None,
+                what: str = "snapshot_format: HDF5") -> bytes:
+    """Net::ToHDF5: the bytes of a `.caffemodel.h5` holding `values` (and `diffs` when given).
+
+    `what` names the caller in the error for a repeated layer name."""
     h5py = _h5py()
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
@@ -53,9 +55,9 @@ def net_to_hdf5(spec: NetSpec, values: Mapping[str, np.ndarray],
         diff = f.create_group("diff") if diffs is not None else None
         for node in spec.layers:
             if node.name in data:
-                raise CaffeCompatError(f"snapshot_format: HDF5: layer name '{node.name}' appears more than once "
-                                       "in the TRAIN net; HDF5 weights need unique layer names: rename one, or "
-                                       "use snapshot_format: BINARYPROTO")
+                raise CaffeCompatError(f"{what}: layer name '{node.name}' appears more than once in net "
+                                       f"'{spec.name}'; HDF5 weights need unique layer names: rename one, or "
+                                       "write a binary caffemodel")
             group = data.create_group(node.name)
             diff_group = diff.create_group(node.name) if diff is not None else None
             for i, name in enumerate(node.param_names):
