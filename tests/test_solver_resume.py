@@ -130,6 +130,9 @@ def test_hdf5_snapshot_layout_is_caffes(tmp_path, monkeypatch):
         assert int(np.asarray(f["iter"]).reshape(-1)[0]) == 6
         assert int(np.asarray(f["current_step"]).reshape(-1)[0]) == 2
         assert f["learned_net"][()] == b"a/s_iter_6.caffemodel.h5"
+        # H5LTmake_dataset_string's layout: NUL-terminated, the terminator counted in the size.
+        string_type = f["learned_net"].id.get_type()
+        assert string_type.get_strpad() == h5py.h5t.STR_NULLTERM and string_type.get_size() == 25
         history = [np.asarray(f[f"history/{i}"]) for i in range(len(f["history"]))]
     assert [h.shape for h in history] == [w.shape for w in weights] * 2
     # Adam's v (an average of squared gradients) is never negative; m is, somewhere.

@@ -99,12 +99,23 @@ def solverstate_to_hdf5(iteration: int, learned_net: str, history: Sequence[np.n
     with h5py.File(buffer, "w") as f:
         # hdf5_save_int writes a one-element int dataset; hdf5_save_string a scalar fixed-length string.
         f.create_dataset("iter", data=np.array([iteration], np.int32))
-        f.create_dataset("learned_net", data=np.bytes_(os.fsencode(learned_net)))
+        _string_dataset(f, "learned_net", os.fsencode(learned_net))
         f.create_dataset("current_step", data=np.array([current_step], np.int32))
         group = f.create_group("history")
         for i, h in enumerate(history):
             group.create_dataset(str(i), data=np.asarray(h, np.float32))
     return buffer.getvalue()
+
+
+def _string_dataset(f, name: str, value: bytes) -> None:
+    # hdf5_save_string (H5LTmake_dataset_string): a scalar string of strlen + 1 bytes, NUL-terminated;
+    # Caffe's hdf5_load_string reads it into a buffer of that size and needs the terminator.
+    h5py = _h5py()
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(value) + 1)
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    dataset = h5py.h5d.create(f.id, name.encode(), tid, h5py.h5s.create(h5py.h5s.SCALAR))
+    dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(value + b"\0", dtype=f"S{len(value) + 1}"))
 
 
 def read_hdf5_solverstate(path: str | os.PathLike) -> tuple[int, str, list[np.ndarray], int]:
