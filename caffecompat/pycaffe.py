@@ -557,45 +557,19 @@ class Net:
 
     def save_hdf5(self, path: str | os.PathLike) -> None:
         """Net::ToHDF5: group `data`, one group per layer, dataset `<i>` per parameter the layer owns."""
-        import h5py
+        from caffecompat import outfiles
+        from caffecompat.formats.hdf5_snapshot import net_to_hdf5
 
-        seen: set[str] = set()
-        with h5py.File(os.fspath(path), "w") as f:
-            data = f.create_group("data")
-            for node in self._spec.layers:
-                if node.name in seen:
-                    raise CaffeCompatError(f"save_hdf5: layer name '{node.name}' appears more than once; HDF5 "
-                                           "weights need unique layer names")
-                seen.add(node.name)
-                group = data.create_group(node.name)
-                for i, name in enumerate(node.param_names):
-                    if self._spec.owns(node, name):
-                        group.create_dataset(str(i), data=self._engine.params[name].data)
+        outfiles.write_atomic(os.fspath(path), net_to_hdf5(self._spec, self._param_values(), what="save_hdf5"),
+                              "HDF5 weights")
 
     def load_hdf5(self, path: str | os.PathLike) -> None:
         """Net::CopyTrainedLayersFromHDF5: copy `data/<layer>/<i>` into the LAST layer of each name."""
-        import h5py
+        from caffecompat.formats.hdf5_snapshot import is_hdf5
 
-        last = {node.name: node for node in self._spec.layers}
-        with h5py.File(os.fspath(path), "r") as f:
-            for lname, group in f["data"].items():
-                node = last.get(lname)
-                if node is None:
-                    glog.info("net.cpp:802", f"Ignoring source layer {lname}")
-                    continue
-                if len(group) > len(node.param_names):
-                    raise CaffeCompatError(f"{path}: incompatible number of blobs for layer '{lname}'")
-                for i, name in enumerate(node.param_names):
-                    if str(i) not in group:
-                        if self._spec.owns(node, name):
-                            raise CaffeCompatError(f"{path}: incompatible number of blobs for layer '{lname}'")
-                        continue
-                    array = np.asarray(group[str(i)], np.float32)
-                    blob = self._engine.params[name]
-                    if array.size != blob.count:
-                        raise CaffeCompatError(f"{path}: layer '{lname}' blob {i} has shape {list(array.shape)}, "
-                                               f"the net needs {list(blob.shape)}")
-                    blob.data[...] = array.reshape(blob.shape)
+        if os.path.isfile(path) and not is_hdf5(path):
+            raise CaffeCompatError(f"load_hdf5: {path} is not an HDF5 file; load a binary .caffemodel with copy_from")
+        self.copy_from(path)  # CopyTrainedLayersFrom reads an HDF5 file as such
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Give the net's first layer, a MemoryData layer, the arrays its batches come from (no copy: keep

@@ -167,3 +167,47 @@ def test_encoded_keeps_the_original_file_bytes(tmp_path):
                  f"{tmp_path}/", str(lst), str(tmp_path / "r")]) == 0
     resized = [caffe_pb2.Datum.FromString(v) for _, v in records(tmp_path / "r")]
     assert all(d.encoded and pixels(d).shape == (4, 4) for d in resized)
+
+
+def _image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((6, 5, 3), 90, np.uint8))
+
+
+def _no_database_and_one_line(capsys, db: Path) -> str:
+    assert not db.exists() and not [p for p in db.parent.iterdir() if p.name.startswith(f".{db.name}")]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_root_repeated_in_the_list_converts_nothing_and_says_why(tmp_path, monkeypatch, capsys):
+    # ROOT/Train_Images/ + "Train_Images/a.jpg": Caffe writes an empty database and exits 0.
+    for name in ("a.jpg", "b.jpg"):
+        _image(tmp_path / "Train_Images" / name)
+    (tmp_path / "train.txt").write_text("Train_Images/a.jpg 0\nTrain_Images/b.jpg 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert-lmdb", "Train_Images/", "train.txt", "db"]) == 1
+    line = _no_database_and_one_line(capsys, tmp_path / "db")
+    assert "every image was missing: Train_Images/Train_Images/a.jpg" in line
+    assert "the list's paths already start with the root's last folder 'Train_Images/'" in line
+    assert "give ROOTFOLDER ./" in line
+    # With the root it names, the same list converts (two records).
+    assert main(["convert-lmdb", "./", "train.txt", "db"]) == 0
+    assert len(records(tmp_path / "db")) == 2
+
+
+def test_root_without_slash_or_empty_list_converts_nothing(tmp_path, monkeypatch, capsys):
+    _image(tmp_path / "imgs" / "a.png")
+    (tmp_path / "list.txt").write_text("a.png 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert-lmdb", "imgs", "list.txt", "db"]) == 1
+    line = _no_database_and_one_line(capsys, tmp_path / "db")
+    assert "every image was missing: imgsa.png" in line and "does not end in '/'" in line
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["convert-lmdb", "imgs/", "empty.txt", "db"]) == 1
+    assert "empty.txt: image list file is empty" in _no_database_and_one_line(capsys, tmp_path / "db")
+    # Every image there but none decodes: not "missing", and still no database.
+    (tmp_path / "imgs" / "a.png").write_bytes(b"not a png")
+    assert main(["convert-lmdb", "imgs/", "list.txt", "db"]) == 1
+    assert "none of the 1 images of list.txt could be read" in _no_database_and_one_line(capsys, tmp_path / "db")

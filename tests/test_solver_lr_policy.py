@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from caffecompat import glog
-from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import protofile
 from caffecompat.proto import caffe_pb2
 from caffecompat.solver.fmt import caffe_float
@@ -235,10 +235,9 @@ def test_validate_solver_accepts_caffe_valid_solvers():
     validate_solver(valid(type="Adam", momentum=0.9))
 
 
-def test_hdf5_snapshots_not_supported():
-    with pytest.raises(NotSupportedError, match="snapshot_format: HDF5"):
-        validate_solver(valid(snapshot_format=caffe_pb2.SolverParameter.HDF5))
-    validate_solver(valid(snapshot_format=caffe_pb2.SolverParameter.HDF5, snapshot_after_train=False))
+def test_hdf5_snapshots_are_accepted():
+    # snapshot_format: HDF5 is written as Caffe writes it (tests/test_solver_resume.py).
+    validate_solver(valid(snapshot_format=caffe_pb2.SolverParameter.HDF5))
 
 
 def test_legacy_solver_type_enum():

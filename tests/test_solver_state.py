@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from caffecompat import glog
-from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.caffemodel import read_caffemodel
 from caffecompat.proto import caffe_pb2
 from caffecompat.solver.solverstate import (
@@ -149,15 +149,27 @@ def test_legacy_4d_history_blob_is_accepted(tmp_path):
         check_history(loaded, [(3, 2)], path)
 
 
-def test_hdf5_solverstate_not_supported(tmp_path):
-    with pytest.raises(NotSupportedError, match="HDF5 solver state"):
-        read_solverstate(tmp_path / "x_iter_1.solverstate.h5")
-    with pytest.raises(NotSupportedError):
-        write_solverstate(tmp_path / "x_iter_1.solverstate.h5", 1, "", [], 0)
-    disguised = tmp_path / "x_iter_1.solverstate"
-    disguised.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
-    with pytest.raises(NotSupportedError, match="HDF5"):
-        read_solverstate(disguised)
+def test_hdf5_solverstate_round_trip(tmp_path):
+    from caffecompat.formats.hdf5_snapshot import solverstate_to_hdf5
+
+    history = [np.arange(6, dtype=np.float32).reshape(2, 3), np.full((4,), -1.5, np.float32)]
+    path = tmp_path / "x_iter_7.solverstate.h5"
+    path.write_bytes(solverstate_to_hdf5(7, "x_iter_7.caffemodel.h5", history, 3))
+    state = read_solverstate(path)
+    assert (state.iteration, state.learned_net, state.current_step) == (7, "x_iter_7.caffemodel.h5", 3)
+    for a, b in zip(state.history, history, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # An HDF5 state under a binary name is still read for what it is.
+    disguised = tmp_path / "x_iter_7.solverstate"
+    disguised.write_bytes(path.read_bytes())
+    assert read_solverstate(disguised).iteration == 7
+    # write_solverstate writes the binary format only: an .h5 name is refused, not written as protobuf.
+    with pytest.raises(CaffeCompatError, match="writes the binary format"):
+        write_solverstate(tmp_path / "y_iter_1.solverstate.h5", 1, "", [], 0)
+    broken = tmp_path / "broken.solverstate.h5"
+    broken.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    with pytest.raises(CaffeCompatError, match="broken.solverstate.h5: cannot read the HDF5 solver state"):
+        read_solverstate(broken)
 
 
 def test_bad_files_name_the_file(tmp_path):

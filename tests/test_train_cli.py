@@ -100,6 +100,42 @@ def test_gpu_without_cuda_stops_unless_fallback_allowed(golden, tmp_path, monkey
     assert main(["train", "-solver", str(solver), "-gpu", "0", "-allow_cpu_fallback"]) == 0
 
 
+def test_gpu_list_without_cuda_stops_before_any_rank_starts(golden, tmp_path, monkeypatch, capsys):
+    import onnxruntime
+
+    from caffecompat.parallel import launch
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    solver = _solver(golden, tmp_path, max_iter=1)
+    monkeypatch.chdir(golden)
+
+    def no_ranks(*args, **kwargs):
+        raise AssertionError("the ranks were started")
+
+    monkeypatch.setattr(launch, "supervise", no_ranks)
+    start = time.monotonic()
+    assert main(["train", "-solver", str(solver), "-gpu", "0,1,2,3"]) == 1
+    assert time.monotonic() - start < 5
+    line = _one_error_line(capsys)
+    assert "-gpu 0,1,2,3 asks for CUDA" in line and "-allow_cpu_fallback" in line
+
+
+def test_gpu_list_naming_a_missing_device_stops_before_any_rank_starts(golden, tmp_path, monkeypatch, capsys):
+    import onnxruntime
+
+    from caffecompat.parallel import launch
+
+    # A CUDA build on a machine with two devices (both stood in for: this test machine may have none).
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    monkeypatch.setattr(launch, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(launch, "supervise", lambda *a, **k: pytest.fail("the ranks were started"))
+    monkeypatch.chdir(golden)
+    assert main(["train", "-solver", str(_solver(golden, tmp_path)), "-gpu", "0,1,2,3"]) == 1
+    assert "-gpu 0,1,2,3: device 2 does not exist: this machine has 2 CUDA device(s) (0-1)" in _one_error_line(capsys)
+
+
 def test_sigint_with_snapshot_effect_leaves_a_loadable_snapshot(golden, tmp_path):
     solver = _solver(golden, tmp_path, max_iter=100000, snapshot=0, test_interval=0)
     solver.write_text(solver.read_text().replace("test_iter: 2\n", ""))

@@ -93,7 +93,7 @@ def scan_folder(folder: str, labels_file: str, classes: str, output: str) -> ima
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert; exit status 0 (skipped unreadable images are reported, as Caffe does)."""
+    """Convert; exit status 0 (skipped unreadable images are reported, as Caffe does), 1 when none converts."""
     opts = Options(
         gray=args.gray, shuffle=args.shuffle, seed=args.seed, backend=args.backend,
         resize_height=args.resize_height, resize_width=args.resize_width, check_size=args.check_size,

@@ -16,6 +16,7 @@ from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import build_with_data
 from caffecompat.runtime.forward import forward_loss
 from caffecompat.runtime.segments import scoring
+from caffecompat.solver import debug_info
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.loop import loss_weight_of
 
@@ -54,13 +55,19 @@ def run(args: argparse.Namespace) -> int:
         spec = feeder.spec
         params = init_params(spec, rng)
         load_caffemodel(spec, params, args.weights)
-        runner = scoring(feeder, providers, rng=rng)
+        # Net::Init: the net prototxt's debug_info logs each layer's blobs after every Forward.
+        debug = net.debug_info
+        runner = (debug_info.debug_runner(feeder, providers, rng, f"debug_info: true ({args.model})") if debug
+                  else scoring(feeder, providers, rng=rng))
         glog.info("caffe.cpp:281", f"Running for {args.iterations} iterations.")
         totals: list[F32] = []
         names: list[str] = []
         loss = F32(0)
         for i in range(args.iterations):
-            out = runner.run(feeder.next_inputs(), params)
+            inputs = feeder.next_inputs()
+            out = runner.run(inputs, params)
+            if debug:
+                debug_info.test_forward_lines(spec, out, inputs, params.__getitem__)
             loss = F32(loss + forward_loss(spec, out))
             idx = 0
             for name in spec.outputs:

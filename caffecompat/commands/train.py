@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     # -processes N / -gpu 0,1,... outside mpiexec: this process starts the ranks and watches them.
     processes = launch.processes_wanted(args.processes, args.gpu)
     if processes > 1 and parallel.launched_size() in (None, 1):
+        launch.check_devices(launch.gpu_list(args.gpu), args.gpu, args.allow_cpu_fallback)
         return launch.supervise(_command_line(args), processes)
     group = parallel.activate(args.mpi_timeout)
     if args.processes and args.processes != group.size:

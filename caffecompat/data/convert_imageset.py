@@ -133,6 +133,7 @@ def convert_imageset(root: str, list_file: str, db_path: str, opts: Options | No
         info("convert_imageset.cpp:92", "encode_type specified, assuming encoded=true.")
     bar = Progress("convert-lmdb", len(lines), unit="images") if progress else None
     count, skipped = 0, []
+    missing = 0
     first: _Item | None = None
     pool = ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="convert-lmdb")
     pending: deque[Future] = deque()
@@ -154,6 +155,7 @@ def convert_imageset(root: str, list_file: str, db_path: str, opts: Options | No
                     # Caffe logs an unreadable image and goes on without it.
                     error("io.cpp:80", f"Could not open or find file {item.path}: {item.problem}")
                     skipped.append(item.path)
+                    missing += not os.path.lexists(item.path)
                     continue
                 if opts.check_size:
                     if first is None:
@@ -172,6 +174,8 @@ def convert_imageset(root: str, list_file: str, db_path: str, opts: Options | No
                         info("convert_imageset.cpp:147", f"Processed {count} files.")
         if bar is not None:
             bar.close()
+        if count == 0:
+            raise CaffeCompatError(_nothing_converted(root, list_file, len(lines), skipped, missing))
         writer.finish()
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -183,6 +187,28 @@ def convert_imageset(root: str, list_file: str, db_path: str, opts: Options | No
     if count % COMMIT_EVERY != 0 or count == 0:
         info("convert_imageset.cpp:153", f"Processed {count} files.")
     return Result(count, skipped)
+
+
+def _nothing_converted(root: str, list_file: str, total: int, skipped: list[str], missing: int) -> str:
+    """Why a conversion wrote no record (Caffe writes an empty database and exits 0; we write none)."""
+    if not total:
+        return f"{list_file}: lists no images; no database was written"
+    if missing < len(skipped):
+        return (f"none of the {total} images of {list_file} could be read (e.g. {skipped[0]}, see above); "
+                "no database was written")
+    why = f"every image was missing: {skipped[0]}"
+    # The list's path repeating the root's last folder: ROOT/Train_Images/ + Train_Images/a.jpg.
+    last = os.path.basename(root.rstrip("/" + os.sep))
+    first_path = skipped[0][len(root):] if skipped[0].startswith(root) else ""
+    if last and first_path.split("/", 1)[0] == last:
+        parent = os.path.dirname(root.rstrip("/" + os.sep))
+        why += (f"; the list's paths already start with the root's last folder '{last}/': give ROOTFOLDER "
+                f"{parent + '/' if parent else './'} (or list the paths without '{last}/')")
+    elif root and not root.endswith(("/", os.sep)) and first_path \
+            and os.path.lexists(os.path.join(root, first_path)):
+        why += (f"; ROOTFOLDER '{root}' does not end in '/' and is joined to each path as text: "
+                f"give '{root}/'")
+    return f"{why} ({list_file}: {total} images, none found); no database was written"
 
 
 def _size(shape: tuple[int, ...]) -> str:

@@ -39,6 +39,8 @@ class BackwardGraph:
 
     param_diffs: dict[str, str] = field(default_factory=dict)  # parameter tensor -> diff value
     blob_diffs: dict[str, str] = field(default_factory=dict)  # Caffe blob name -> diff value
+    value_diffs: dict[str, str] = field(default_factory=dict)  # value -> the diff its consumer's Backward wrote
+    param_parts: dict[tuple[int, int], str] = field(default_factory=dict)  # (layer, blob) -> that layer's diff
 
 
 def _own_lr_mult(node: registry.LayerNode, i: int) -> float:
@@ -126,6 +128,7 @@ def lower_backward(spec: NetSpec, g: GraphBuilder, bplan: BackwardPlan, *, blob_
         diff[value] = seed_input_name(value)
         g.reserve([diff[value]])
 
+    out = BackwardGraph()
     contributions: dict[str, list[str]] = {}
     for i in reversed(bplan.layers()):
         node = spec.layers[i]
@@ -150,8 +153,9 @@ def lower_backward(spec: NetSpec, g: GraphBuilder, bplan: BackwardPlan, *, blob_
         for k, name in enumerate(node.param_names):
             if d.param[k] is not None and bplan.param_need[i][k]:
                 contributions.setdefault(name, []).append(d.param[k])
+                out.param_parts[(i, k)] = d.param[k]
 
-    out = BackwardGraph()
+    out.value_diffs = dict(diff)
     wanted = params if params is not None else [p for p, info in spec.params.items() if info.lr_mult != 0]
     g._layer = "param_diffs"
     for name in wanted:

@@ -36,12 +36,14 @@ class Exported:
     param_diffs: dict[str, str] = field(default_factory=dict)  # parameter -> output holding its diff
     blob_diffs: dict[str, str] = field(default_factory=dict)  # Caffe blob -> output holding its diff
     fed_inputs: dict[str, FedInput] = field(default_factory=dict)  # inputs the runtime draws (Dropout masks)
+    # debug_outputs: ("top", layer, j) / ("bottom_diff", layer, j) / ("param_diff", layer, k) -> output
+    debug: dict[tuple[str, int, int], str] = field(default_factory=dict)
 
 
 def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
            outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
            opset: int = DEFAULT_OPSET, backward: BackwardPlan | None = None, blob_diffs: bool = False,
-           diff_params: list[str] | None = None, seeds: list[str] = ()) -> Exported:
+           diff_params: list[str] | None = None, seeds: list[str] = (), debug_outputs: bool = False) -> Exported:
     """The ONNX model computing `spec`.
 
     params: tensor values, required when they become initializers.
@@ -51,6 +53,8 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
     backward: append Net::Backward (net.backward.plan) and output the parameter diffs
         (of `diff_params`, default every parameter with lr_mult != 0) and, with blob_diffs, every blob's diff;
         `seeds` are values whose diff is a graph input (net.backward.seed_input_name).
+    debug_outputs: also output, for Net's debug_info, every layer's tops as that layer wrote them and,
+        with `backward`, each layer's bottom diffs and parameter diff contributions (Exported.debug).
     """
     if not 7 <= opset <= MAX_OPSET:
         raise CaffeCompatError(f"opset {opset} is not supported: use an opset from 7 to {MAX_OPSET}")
@@ -113,6 +117,8 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
             initializers.append(numpy_helper.from_array(np.asarray(params[p], dtype=np.float32), p))
     graph_outputs = []
     diff_shapes = {}
+    debug = _debug_outputs(spec, g, backward, bw, diff_shapes) if debug_outputs else {}
+    out_names.extend(debug.values())
     if bw is not None:
         diff_shapes.update({v: spec.params[p].shape for p, v in bw.param_diffs.items()})
         diff_shapes.update({v: spec.shapes[spec.blob_values[b]] if b in spec.blob_values else None
@@ -130,7 +136,33 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
         _fill_output_shapes(model)
     return Exported(model=model, params=used, side_outputs=dict(g.side_outputs),
                     param_diffs=dict(bw.param_diffs) if bw else {}, blob_diffs=dict(bw.blob_diffs) if bw else {},
-                    fed_inputs=dict(g.fed_inputs))
+                    fed_inputs=dict(g.fed_inputs), debug=debug)
+
+
+def _debug_outputs(spec: NetSpec, g: GraphBuilder, bplan: BackwardPlan | None, bw, shapes: dict) -> dict:
+    # Net::ForwardDebugInfo / BackwardDebugInfo read each layer's tops right after its Forward and its
+    # bottom and parameter diffs right after its Backward: one copy of each (Identity) as an output.
+    g._layer = "debug_info"
+    out: dict[tuple[str, int, int], str] = {}
+
+    def keep(key: tuple[str, int, int], value: str, shape: tuple[int, ...]) -> None:
+        out[key] = g.op1("Identity", [value])
+        shapes[out[key]] = shape
+
+    for i, node in enumerate(spec.layers):
+        if not registry.get(node).source:
+            for j, top in enumerate(node.tops):
+                keep(("top", i, j), top, spec.shapes[top])
+    if bw is None or bplan is None:
+        return out
+    for i in bplan.layers():
+        node = spec.layers[i]
+        for j, value in enumerate(node.bottoms):
+            if bplan.bottom_need[i][j] and value in bw.value_diffs:
+                keep(("bottom_diff", i, j), bw.value_diffs[value], spec.shapes[value])
+    for (i, k), value in bw.param_parts.items():
+        keep(("param_diff", i, k), value, spec.params[spec.layers[i].param_names[k]].shape)
+    return out
 
 
 def _check_static_bottoms(node: registry.LayerNode, dynamic: dict[str, tuple[int, ...]]) -> None:

@@ -82,9 +82,45 @@ def copy_trained_layers(spec: NetSpec, values: dict[str, np.ndarray],
 def load_caffemodel(spec: NetSpec, values: dict[str, np.ndarray], path: str) -> list[str]:
     """Copy the layers of the .caffemodel at `path` into `values` by layer name (Net::CopyTrainedLayersFrom)."""
     from caffecompat.formats.caffemodel import read_weights
+    from caffecompat.formats.hdf5_snapshot import is_hdf5
 
+    # Net::CopyTrainedLayersFrom: an HDF5 file (H5Fis_hdf5) is read as Net::ToHDF5 wrote it.
+    if is_hdf5(path):
+        return copy_hdf5_layers(spec, values, path)
     weights = read_weights(path)
     layers = list(weights.net.layer) or list(weights.net.layers)
     # Blobs written before BlobShape carry num/channels/height/width (Blob::ShapeEquals' legacy case).
     legacy = frozenset(lp.name for lp in layers if any(not b.HasField("shape") for b in lp.blobs))
     return copy_trained_layers(spec, values, weights.layers, path, legacy)
+
+
+def copy_hdf5_layers(spec: NetSpec, values: dict[str, np.ndarray], path: str) -> list[str]:
+    """Net::CopyTrainedLayersFromHDF5: copy `data/<layer>/<j>` into the net's LAST layer of each name."""
+    from caffecompat.formats.hdf5_snapshot import read_hdf5_weights
+
+    last = {node.name: node for node in spec.layers}
+    copied = []
+    for lname, blobs in read_hdf5_weights(path):
+        node = last.get(lname)
+        if node is None:
+            glog.info("net.cpp:801", f"Ignoring source layer {lname}")
+            continue
+        if len(blobs) > len(node.param_names):
+            raise CaffeCompatError(f"{path}: layer '{lname}' has {len(blobs)} blobs in the weights file but "
+                                   f"{len(node.param_names)} in the net; rename the layer to learn it from scratch")
+        for j, name in enumerate(node.param_names):
+            if j not in blobs:
+                # CopyTrainedLayersFromHDF5: a blob may be absent only where the net shares it.
+                if spec.owns(node, name):
+                    raise CaffeCompatError(f"{path}: layer '{lname}' has no blob {j} in the weights file; "
+                                           "rename the layer to learn it from scratch")
+                continue
+            target = node.param_shapes[j]
+            if tuple(blobs[j].shape) != tuple(target):
+                raise CaffeCompatError(
+                    f"{path}: cannot copy param {j} of layer '{lname}': shape mismatch, the weights file has "
+                    f"{list(blobs[j].shape)} and the net needs {list(target)}. To learn this layer's "
+                    "parameters from scratch rather than copying them, rename the layer")
+            values[name] = np.ascontiguousarray(blobs[j], dtype=np.float32)
+        copied.append(lname)
+    return copied

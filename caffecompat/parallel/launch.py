@@ -92,6 +92,29 @@ def processes_wanted(processes: int, gpu_flag: str) -> int:
     return processes or devices
 
 
+def check_devices(gpus: list[int], flag: str, allow_cpu_fallback: bool = False) -> None:
+    """Before any rank starts: CUDA is there for -gpu's devices, and each listed device exists.
+
+    Without it every rank would start, build its nets and only then find no CUDA."""
+    if not gpus:
+        return
+    import onnxruntime as ort
+
+    from caffecompat.runtime import providers
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        # The ranks' own check (providers.resolve), once, here: one line and exit 1, or the fallback warning.
+        providers.resolve(gpus[0], allow_cpu_fallback, f"-gpu {flag}")
+        return
+    count = cuda_device_count()
+    missing = [g for g in gpus if g >= count]
+    if missing:
+        seen = f"{count} CUDA device(s) (0-{count - 1})" if count else "no CUDA device (no driver, or " \
+            "CUDA_VISIBLE_DEVICES hides them all)"
+        raise CaffeCompatError(f"-gpu {flag}: device {missing[0]} does not exist: this machine has {seen}; "
+                               "list devices that exist (caffecompat device_query shows them)")
+
+
 def device_for(gpus: list[int], group: Group, flag: str) -> int | None:
     """The GPU this process trains on: -gpu's entry at its local rank (None for the CPU)."""
     if not gpus:

@@ -31,8 +31,11 @@ class TrainingNet:
     """The TRAIN-phase net: forward+backward passes, parameters, diffs and the update, on one device."""
 
     def __init__(self, spec: NetSpec, params: Mapping[str, np.ndarray], providers: list | None = None,
-                 rng: np.random.Generator | None = None, options: ort.SessionOptions | None = None) -> None:
+                 rng: np.random.Generator | None = None, options: ort.SessionOptions | None = None,
+                 debug: bool = False) -> None:
         self.spec = spec
+        # debug_info: the step graph also outputs what Net's ForwardDebugInfo / BackwardDebugInfo read.
+        self.debug = debug
         self.providers = providers or ["CPUExecutionProvider"]
         self.device, self.device_id = device_of(self.providers)
         self.rng = rng if rng is not None else np.random.default_rng()
@@ -63,8 +66,10 @@ class TrainingNet:
     def _build_step(self, options: ort.SessionOptions | None) -> None:
         """Export the step graph and open its session (runtime.segments' subclass runs segments instead)."""
         spec = self.spec
+        self.backward_plan = plan(spec)
         exported = export(spec, params_as_inputs=True, training=True, loss_output=True, outputs=spec.outputs,
-                          backward=plan(spec))
+                          backward=self.backward_plan, debug_outputs=self.debug)
+        self.debug_outputs = exported.debug
         self.graph_params = exported.params  # the parameters the step graph reads
         self.side_outputs = exported.side_outputs
         self.fed_inputs = exported.fed_inputs

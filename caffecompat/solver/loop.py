@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from caffecompat import glog, outfiles, parallel
-from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.errors import CaffeCompatError
 from caffecompat.net.export import LOSS_OUTPUT
 from caffecompat.net.setup_log import debug_string
 from caffecompat.net.spec import NetSpec, check_net_types
@@ -26,7 +26,7 @@ from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import Feeder, build_with_data
 from caffecompat.runtime.forward import ForwardRunner, forward_loss
 from caffecompat.runtime.training import TrainingNet
-from caffecompat.solver import nets
+from caffecompat.solver import debug_info, nets
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.lr_policy import LrSchedule, resolve_solver_type, validate_solver
 from caffecompat.solver.signals import Signals
@@ -35,6 +35,7 @@ from caffecompat.solver.solverstate import (
     check_history,
     flatten_history,
     read_solverstate,
+    split_history,
 )
 from caffecompat.solver.updates import log_clip, log_iteration_lr, make_history
 
@@ -74,11 +75,12 @@ class Solver:
         self.parallel.adopt(self.signals)
         self.last_snapshot: str | None = None
         validate_solver(param, solver_file)
-        if param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            raise NotSupportedError(f"snapshot_format: HDF5 ({solver_file}); use BINARYPROTO")
         self.param = param
         self.solver_file = solver_file
         self.solver_type = resolve_solver_type(param, solver_file)
+        # Solver::Init / Step: debug_info logs every TEST pass and the TRAIN passes of displayed iterations.
+        self.debug_info = param.debug_info
+        self._net_debug = False
         weights = [w.strip() for w in weights if w.strip()]
         # Solver::CheckSnapshotWritePermissions, before the parameters are logged so the error is what shows.
         self._check_snapshot_prefix()
@@ -143,11 +145,16 @@ class Solver:
         # One fused graph; segments around Python layers (runtime.segments).
         from caffecompat.runtime.segments import training_net
 
+        if self.debug_info:
+            debug_info.check_debuggable(self.train, f"debug_info: true ({self.solver_file})")
+            return TrainingNet(self.train.spec, values, providers, rng=self.rng, debug=True)
         return training_net(self.train, values, providers, rng=self.rng)
 
     def _test_runner(self, feeder: Feeder, providers: list | None) -> ForwardRunner:
         from caffecompat.runtime.segments import scoring
 
+        if self.debug_info:
+            return debug_info.debug_runner(feeder, providers, self.rng, f"debug_info: true ({self.solver_file})")
         return scoring(feeder, providers, rng=self.rng)
 
     # -- parameters ------------------------------------------------------------
@@ -206,8 +213,11 @@ class Solver:
 
     def _final_forward(self) -> F32:
         """Net::Forward of the TRAIN net for Solve's last display line: the loss; no update follows."""
-        outputs = self.net.forward_backward(self.train.next_inputs())
+        inputs = self.train.next_inputs()
+        outputs = self.net.forward_backward(inputs)
         self._update_batchnorm(outputs)
+        if self._net_debug:  # Net::Forward keeps the debug_info the last Step iteration set
+            debug_info.train_forward_lines(self.spec, self.net.debug_outputs, outputs, inputs, self.value)
         self.net.clear_grads()
         return F32(outputs[LOSS_OUTPUT])
 
@@ -241,11 +251,19 @@ class Solver:
             for callback in self.callbacks:
                 callback.on_start()
             display = p.display and self.iter % p.display == 0
+            # Solver::Step: net_->set_debug_info(display && param_.debug_info()).
+            self._net_debug = bool(display and self.debug_info)
             loss = F32(0)
             outputs: dict[str, np.ndarray] = {}
             for _ in range(p.iter_size):
-                outputs = self.net.forward_backward(self.train.next_inputs())
+                inputs = self.train.next_inputs()
+                if self._net_debug:
+                    prior = {n: np.array(self.net.grad(n)) for n in self.param_names}
+                outputs = self.net.forward_backward(inputs)
+                # BatchNorm's Forward updates its statistics before ForwardDebugInfo reads its blobs.
                 self._update_batchnorm(outputs)
+                if self._net_debug:
+                    self._log_debug(outputs, inputs, prior)
                 loss = F32(loss + F32(outputs[LOSS_OUTPUT]))
             loss = F32(loss / F32(p.iter_size))
             self._update_smoothed_loss(loss, start_iter)
@@ -272,6 +290,15 @@ class Solver:
             if action == "stop":
                 self.requested_early_exit = True
                 break
+
+    def _log_debug(self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+                   prior: dict[str, np.ndarray]) -> None:
+        if not self.parallel.root:
+            return  # LOG_IF(INFO, Caffe::root_solver())
+        debug = self.net.debug_outputs
+        debug_info.train_forward_lines(self.spec, debug, outputs, inputs, self.value)
+        debug_info.backward_lines(self.spec, self.net.backward_plan, debug, outputs, prior, self.value,
+                                  self.net.grad)
 
     def _log_outputs(self, where: str, kind: str, spec: NetSpec, outputs: dict[str, np.ndarray]) -> None:
         index = 0
@@ -326,7 +353,10 @@ class Solver:
             elif action == "stop":
                 self.requested_early_exit = True
                 break
-            out = t.runner.run(t.feeder.next_inputs(), params)
+            inputs = t.feeder.next_inputs()
+            out = t.runner.run(inputs, params)
+            if self.debug_info:
+                debug_info.test_forward_lines(spec, out, inputs, lambda n: params[n] if n in params else self.value(n))
             if self.param.test_compute_loss:
                 loss = F32(loss + forward_loss(spec, out))
             flat = np.concatenate([np.asarray(out[n], np.float32).reshape(-1) for n in spec.outputs]) \
@@ -380,17 +410,20 @@ class Solver:
         diffs = None
         if self.param.snapshot_diff:
             diffs = {n: self.net.grad(n) for n in self.param_names}
-        model = self.snapshot_filename(".caffemodel")
-        state = self.snapshot_filename(".solverstate")
+        # Solver::Snapshot / SnapshotSolverState: HDF5 snapshots are <prefix>_iter_N.caffemodel.h5 / .solverstate.h5.
+        hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        suffix = ".h5" if hdf5 else ""
+        model = self.snapshot_filename(".caffemodel" + suffix)
+        state = self.snapshot_filename(".solverstate" + suffix)
         try:
             write_snapshot(model, state, self.spec, values, diffs, self.iter, flatten_history(self.history),
-                           self.schedule.current_step)
+                           self.schedule.current_step, hdf5=hdf5)
         except CaffeCompatError as e:
             raise snapshot_failed(e, self.iter, self.last_snapshot) from None
         self.last_snapshot = state
 
     def restore(self, path: str) -> None:
-        """SGDSolver::RestoreSolverStateFromBinaryProto: iteration, weights of learned_net, history, step."""
+        """SGDSolver::RestoreSolverStateFromBinaryProto / FromHDF5: iteration, learned_net's weights, history, step."""
         state = read_solverstate(path)
         if state.learned_net:
             values = {n: np.array(v) for n, v in self.live_values().items()}
@@ -399,10 +432,13 @@ class Solver:
                 self.net.set_data(name, array)
         history = self.history
         shapes = flatten_history([[h.shape for h in hist] for hist in history])
-        names = flatten_history([[n] * len(hist) for n, hist in zip(self.param_names, history)])
-        restored = iter(check_history(state, shapes, path, names))
-        for name, hist in zip(self.param_names, history):
-            self.net.set_history(name, [next(restored) for _ in hist])
+        names = flatten_history([[f"{n} history {k}" for k in range(len(hist))]
+                                 for n, hist in zip(self.param_names, history)])
+        # SGDSolver::RestoreSolverStateFromBinaryProto: history_[i] and history_[i + N] (AdaDelta, Adam) are
+        # the first and second blobs of parameter i.
+        restored = split_history(check_history(state, shapes, path, names), len(self.param_names))
+        for name, arrays in zip(self.param_names, restored):
+            self.net.set_history(name, arrays)
         self.iter = state.iteration
         self.schedule.current_step = state.current_step
         self.last_snapshot = path

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from caffecompat import glog
-from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.errors import CaffeCompatError
 from caffecompat.proto import caffe_pb2
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -258,8 +258,3 @@ def validate_solver(param: caffe_pb2.SolverParameter, where: str = "solver") -> 
             '(regularization_type field); use "L2" or "L1"'
         )
     check_lr_policy(param, where)
-    snapshots = param.snapshot or param.snapshot_after_train
-    if param.snapshot_format == caffe_pb2.SolverParameter.HDF5 and snapshots:
-        raise NotSupportedError(
-            f"snapshot_format: HDF5 in {where}; use snapshot_format: BINARYPROTO (the default)"
-        )

@@ -42,18 +42,31 @@ def net_to_proto(spec: NetSpec, values: Mapping[str, np.ndarray],
 
 def write_snapshot(model_path: str, state_path: str, spec: NetSpec, values: Mapping[str, np.ndarray],
                    diffs: Mapping[str, np.ndarray] | None, iteration: int, history: Sequence[np.ndarray],
-                   current_step: int) -> None:
+                   current_step: int, hdf5: bool = False) -> None:
     """Solver::Snapshot: the .caffemodel, then the .solverstate naming it, both or neither.
 
     Each goes to a temporary file first; only when both are complete are they
     renamed, so a failed write (or a kill) never leaves a snapshot half-written.
+    With `hdf5` (snapshot_format: HDF5) both are Caffe's HDF5 files.
     """
-    glog.info("solver.cpp:464", f"Snapshotting to binary proto file {model_path}")
-    model_tmp = outfiles.write_temp(model_path, net_to_proto(spec, values, diffs).SerializeToString(), "snapshot")
+    if hdf5:
+        from caffecompat.formats.hdf5_snapshot import net_to_hdf5, solverstate_to_hdf5
+
+        glog.info("solver.cpp:474", f"Snapshotting to HDF5 file {model_path}")
+        model = net_to_hdf5(spec, values, diffs)
+    else:
+        glog.info("solver.cpp:464", f"Snapshotting to binary proto file {model_path}")
+        model = net_to_proto(spec, values, diffs).SerializeToString()
+    model_tmp = outfiles.write_temp(model_path, model, "snapshot")
+    del model
     state_tmp = None
     try:
-        glog.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {state_path}")
-        state = solverstate_proto(iteration, model_path, history, current_step).SerializeToString()
+        if hdf5:
+            glog.info("sgd_solver.cpp:300", f"Snapshotting solver state to HDF5 file {state_path}")
+            state = solverstate_to_hdf5(iteration, model_path, history, current_step)
+        else:
+            glog.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {state_path}")
+            state = solverstate_proto(iteration, model_path, history, current_step).SerializeToString()
         state_tmp = outfiles.write_temp(state_path, state, "snapshot")
         del state
         outfiles.commit(model_tmp, model_path, "snapshot")

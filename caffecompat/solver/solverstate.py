@@ -7,8 +7,8 @@ first history blob, then (AdaDelta, Adam) for each parameter the second one.
 `flatten_history` / `split_history` convert between that and per-parameter
 lists as `updates.Param.history` holds them.
 
-Only the binary format is supported; HDF5 snapshots (`.solverstate.h5`)
-raise NotSupportedError.
+A name ending in `.h5` (snapshot_format: HDF5) is read as Caffe's HDF5
+solver state (caffecompat.formats.hdf5_snapshot), with history in the same order.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import numpy as np
 from google.protobuf import message as pb_message
 
 from caffecompat import glog
-from caffecompat.errors import CaffeCompatError, NotSupportedError
+from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import protofile
 from caffecompat.formats.blob import array_to_blob, blob_to_array
+from caffecompat.formats.hdf5_snapshot import is_hdf5, read_hdf5_solverstate
 from caffecompat.proto import caffe_pb2
-
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass
@@ -58,12 +57,9 @@ def split_history(flat: Sequence[np.ndarray], n_params: int) -> list[list[np.nda
     return [[flat[k * n_params + i] for k in range(depth)] for i in range(n_params)]
 
 
-def _refuse_hdf5(path: str | os.PathLike) -> None:
-    # Solver::Restore: a name ending in ".h5" is read as an HDF5 solver state.
-    if str(path).endswith(".h5"):
-        raise NotSupportedError(
-            f"HDF5 solver state {path}; resume from a binary .solverstate (snapshot_format: BINARYPROTO)"
-        )
+def is_hdf5_name(path: str | os.PathLike) -> bool:
+    """Solver::Restore: a solver state whose name ends in ".h5" is read as HDF5."""
+    return os.fspath(path).endswith(".h5")
 
 
 def _refuse_caffemodel(data: bytes, path: str | os.PathLike) -> None:
@@ -81,13 +77,12 @@ def _refuse_caffemodel(data: bytes, path: str | os.PathLike) -> None:
 
 
 def read_solverstate(path: str | os.PathLike) -> SolverStateData:
-    """Read a binary .solverstate file."""
-    _refuse_hdf5(path)
+    """Read a .solverstate (binary protobuf) or .solverstate.h5 (HDF5) file."""
+    # An HDF5 file under a binary name would fail to parse in Caffe; its content says what it is.
+    if is_hdf5_name(path) or is_hdf5(path):
+        iteration, learned, history, current_step = read_hdf5_solverstate(path)
+        return SolverStateData(iteration, learned, history, current_step, [False] * len(history))
     data = protofile.read_bytes(path, "solverstate")
-    if data.startswith(_HDF5_MAGIC):
-        raise NotSupportedError(
-            f"HDF5 solver state {path}; resume from a binary .solverstate (snapshot_format: BINARYPROTO)"
-        )
     try:
         state = protofile.parse_binary(data, caffe_pb2.SolverState, path, "solverstate")
     except CaffeCompatError:
@@ -116,7 +111,9 @@ def write_solverstate(
     current_step: int,
 ) -> None:
     """SGDSolver::SnapshotSolverStateToBinaryProto: write the state (atomically) and log it."""
-    _refuse_hdf5(path)
+    if is_hdf5_name(path):
+        raise CaffeCompatError(f"{path}: write_solverstate writes the binary format; name the file "
+                               "<prefix>_iter_N.solverstate (HDF5 states are written by snapshot_format: HDF5)")
     state = solverstate_proto(iteration, learned_net, history, current_step)
     glog.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {path}")
     protofile.write_binary(path, state, "solver state")
