@@ -4,15 +4,22 @@
 does, in pycaffe's order: resize to the input's size, transpose, channel
 swap, raw scale, mean subtraction, input scale (`deprocess` undoes it).
 `load_image` gives what pycaffe's gave: RGB, float32 in [0, 1], H x W x 3 (or
-x 1 with color=False). Images are read and resized with OpenCV, where pycaffe
-used scikit-image: grey conversion uses scikit-image's weights; bilinear
-resizing interpolates as scikit-image's order=1 inside the image, but edge
-pixels repeat the border rather than fading to the image's minimum.
+x 1 with color=False), from a path, a path-like or a binary file object.
+Images are decoded with OpenCV, where pycaffe used scikit-image: grey
+conversion uses scikit-image's weights. `resize_image` is pycaffe's: 1- and
+3-channel images are stretched to [0, 1], resized as scikit-image's
+resize(order, mode='constant', cval=0) (pixel centres map to pixel centres,
+and samples beyond the edge blend toward 0, i.e. toward the image's minimum
+once stretched back), other channel counts as scipy's ndimage.zoom (corners
+map to corners). Bilinear (order 1) follows those rules exactly; nearest and
+bicubic use OpenCV's.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -87,16 +94,38 @@ def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
 # -- images ----------------------------------------------------------------------------------
 
 
-def load_image(filename: str, color: bool = True) -> np.ndarray:
-    """An image file as float32 H x W x 3 RGB in [0, 1] (H x W x 1 grey with color=False)."""
-    import cv2
-
+def _image_bytes(source: str | os.PathLike | IO[bytes]) -> tuple[bytes, str]:
+    """The encoded bytes of an image given as a path, a path-like or a binary file object, and its name."""
     from caffecompat.data.image_io import read_file
 
-    raw = np.frombuffer(read_file(str(filename)), np.uint8)
-    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if hasattr(source, "read"):
+        name = str(getattr(source, "name", "<file object>"))
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CaffeCompatError(f"load_image({name}): the file object gives text; open the image in binary "
+                                   "mode (open(path, 'rb')) or pass io.BytesIO(data)")
+        return bytes(data), name
+    if not isinstance(source, (str, os.PathLike)):
+        raise CaffeCompatError(f"load_image: expected an image path or a binary file object, got "
+                               f"{type(source).__name__}")
+    name = os.fspath(source)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if name.startswith(("http://", "https://", "ftp://")):
+        raise CaffeCompatError(f"not supported: load_image({name}) from a URL; download it and pass the file "
+                               "(or io.BytesIO(the downloaded bytes))")
+    return read_file(name), name
+
+
+def load_image(filename: str | os.PathLike | IO[bytes], color: bool = True) -> np.ndarray:
+    """An image (path, path-like or binary file object) as float32 H x W x 3 RGB in [0, 1] (H x W x 1 grey
+    with color=False)."""
+    import cv2
+
+    data, name = _image_bytes(filename)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
-        raise CaffeCompatError(f"{filename}: not an image OpenCV can decode")
+        raise CaffeCompatError(f"{name}: not an image OpenCV can decode")
     scale = 1.0 / (65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0)
     img = img.astype(np.float32) * np.float32(scale)
     if img.ndim == 3:
@@ -113,27 +142,79 @@ def load_image(filename: str, color: bool = True) -> np.ndarray:
 _INTERPOLATION = {0: "INTER_NEAREST", 1: "INTER_LINEAR", 2: "INTER_CUBIC", 3: "INTER_CUBIC"}
 
 
-def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
-    """`im` (H x W x K) resized to new_dims (height, width): order 0 nearest, 1 bilinear, 2-3 bicubic."""
+def linear_weights(size: int, new_size: int, align_corners: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The new_size x size matrix of 1-D linear interpolation, and which outputs sample beyond the edge.
+
+    Without align_corners, output i samples input (i + 0.5) * size / new_size - 0.5 (scikit-image's resize,
+    pixel centres to pixel centres) and a sample beyond the edge weighs a 0 outside the image (mode='constant',
+    cval=0); with it, i * (size - 1) / (new_size - 1) (scipy.ndimage.zoom, corners to corners)."""
+    i = np.arange(new_size, dtype=np.float64)
+    if align_corners:
+        pos = i * ((size - 1) / (new_size - 1)) if new_size > 1 else np.zeros(1)
+    else:
+        pos = (i + 0.5) * (size / new_size) - 0.5
+    low = np.floor(pos).astype(np.int64)
+    frac = pos - low
+    weights = np.zeros((new_size, size + 2), np.float64)  # columns 0 and size+1: the ring of zeros
+    rows = np.arange(new_size)
+    np.add.at(weights, (rows, np.clip(low + 1, 0, size + 1)), 1.0 - frac)
+    np.add.at(weights, (rows, np.clip(low + 2, 0, size + 1)), frac)
+    beyond = (pos < 0) | (pos > size - 1)
+    return weights[:, 1:size + 1], beyond
+
+
+def _linear(im: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    # out[i, j, k] = sum over a, b of rows[i, a] * im[a, b, k] * cols[j, b]
+    return np.einsum("jb,ibk->ijk", cols, np.tensordot(rows, im, axes=(1, 0)), optimize=True)
+
+
+def _opencv_resize(im: np.ndarray, h: int, w: int, interp_order: int) -> np.ndarray:
     import cv2
 
+    flag = getattr(cv2, _INTERPOLATION.get(interp_order, "INTER_CUBIC"))
+    # OpenCV resizes at most 512 channels at once.
+    parts = [cv2.resize(im[:, :, c:c + 512], (w, h), interpolation=flag) for c in range(0, im.shape[-1], 512)]
+    return np.concatenate([p[:, :, np.newaxis] if p.ndim == 2 else p for p in parts], axis=2)
+
+
+def _skimage_bilinear(im: np.ndarray, h: int, w: int) -> np.ndarray:
+    """scikit-image's resize(order=1, mode='constant', cval=0) of a float image."""
+    rows, rows_beyond = linear_weights(im.shape[0], h)
+    cols, cols_beyond = linear_weights(im.shape[1], w)
+    # Inside, OpenCV's bilinear samples the same points with the same weights (the fast path); only the
+    # outputs that sample beyond the edge, where OpenCV repeats the edge pixel, are computed again.
+    out = _opencv_resize(im, h, w, 1).astype(np.float64)
+    if rows_beyond.any():
+        out[rows_beyond] = _linear(im, rows[rows_beyond], cols)
+    if cols_beyond.any():
+        out[:, cols_beyond] = _linear(im, rows, cols[cols_beyond])
+    return out
+
+
+def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
+    """pycaffe's resize_image: `im` (H x W x K) resized to new_dims (height, width); order 0 nearest, 1 bilinear,
+    2-3 bicubic."""
     im = np.asarray(im, dtype=np.float32)
     h, w = int(new_dims[0]), int(new_dims[1])
     if im.shape[:2] == (h, w):
         return im.copy()
+    if im.shape[-1] not in (1, 3):
+        # pycaffe's resize_image: other channel counts go through scipy.ndimage.zoom (corners to corners).
+        if interp_order == 1:
+            return _linear(im.astype(np.float64), linear_weights(im.shape[0], h, True)[0],
+                           linear_weights(im.shape[1], w, True)[0]).astype(np.float32)
+        return _opencv_resize(im, h, w, interp_order).astype(np.float32)
     low, high = float(im.min()), float(im.max())
     if high == low:
         # A constant image stays constant (pycaffe fills the result with the value).
         return np.full((h, w, im.shape[-1]), low, np.float32)
-    flag = getattr(cv2, _INTERPOLATION.get(interp_order, "INTER_CUBIC"))
-    channels = im.shape[-1]
-    # OpenCV resizes at most 512 channels at once.
-    parts = [cv2.resize(im[:, :, c:c + 512], (w, h), interpolation=flag) for c in range(0, channels, 512)]
-    parts = [p[:, :, np.newaxis] if p.ndim == 2 else p for p in parts]
-    out = np.concatenate(parts, axis=2)
-    if interp_order > 1:
-        out = np.clip(out, low, high)  # pycaffe's resize clips to the input's range
-    return out.astype(np.float32)
+    # pycaffe's resize_image: stretch to [0, 1] for scikit-image, resize, stretch back.
+    std = (im - np.float32(low)) / np.float32(high - low)
+    if interp_order == 1:
+        out = _skimage_bilinear(std, h, w)
+    else:
+        out = np.clip(_opencv_resize(std, h, w, interp_order), 0.0, 1.0)  # scikit-image clips to the range
+    return (out * (high - low) + low).astype(np.float32)
 
 
 def oversample(images: Sequence[np.ndarray], crop_dims: Sequence[int]) -> np.ndarray:
