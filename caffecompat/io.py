@@ -100,6 +100,10 @@ def _image_bytes(source: str | os.PathLike | IO[bytes]) -> tuple[bytes, str]:
 
     if hasattr(source, "read"):
         name = str(getattr(source, "name", "<file object>"))
+        # PIL's Image.open (under pycaffe's skimage.io.imread) reads a seekable file from its start, so a
+        # BytesIO just written to (its position at the end) reads whole.
+        if getattr(source, "seekable", lambda: False)():
+            source.seek(0)
         data = source.read()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CaffeCompatError(f"load_image({name}): the file object gives text; open the image in binary "

@@ -84,6 +84,9 @@ def test_load_image_from_file_objects_and_path_likes(tmp_path):
     expected = bgr[:, :, ::-1] / 255.0
     np.testing.assert_allclose(cio.load_image(path), expected, atol=1e-7)  # a pathlib.Path
     np.testing.assert_allclose(cio.load_image(pyio.BytesIO(path.read_bytes())), expected, atol=1e-7)
+    written = pyio.BytesIO()
+    written.write(path.read_bytes())  # left at its end, as after PIL's save(): read from the start, as PIL does
+    np.testing.assert_allclose(cio.load_image(written), expected, atol=1e-7)
     with open(path, "rb") as f:
         np.testing.assert_allclose(cio.load_image(f, color=False)[:, :, 0], expected @ [0.2125, 0.7154, 0.0721],
                                    atol=1e-6)
