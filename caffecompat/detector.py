@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from caffecompat import io
-from caffecompat.errors import NotSupportedError
+from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.pycaffe import TEST, Net
 
 
@@ -113,6 +113,10 @@ class Detector(Net):
         self.context_pad = context_pad
         if not context_pad:
             return
+        if 2 * context_pad >= self.blobs[in_].width:
+            raise CaffeCompatError(f"Detector: context_pad {context_pad} leaves no room for the window in the "
+                                   f"{self.blobs[in_].width}-pixel wide input {in_!r}: use a context_pad under "
+                                   f"{(self.blobs[in_].width + 1) // 2}")
         mean = self.transformer.mean.get(in_)
         if mean is None:
             self.crop_mean = np.zeros(self.crop_dims, dtype=np.float32)

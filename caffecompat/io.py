@@ -326,8 +326,17 @@ class Transformer:
                 shape = (1, *shape)
             if len(shape) != 3:
                 raise ValueError("Mean shape invalid")
-            if tuple(shape) != tuple(self.inputs[in_][1:]):
-                raise ValueError("Mean shape incompatible with input shape.")
+            in_shape = tuple(self.inputs[in_][1:])
+            if tuple(shape) != in_shape:
+                # pycaffe's Transformer.set_mean: a mean image of another size is resized to the input's
+                # (stretched to [0, 1], resize_image, stretched back); a constant one stays that constant.
+                image = mean.reshape(shape).astype(np.float64)
+                low, high = float(image.min()), float(image.max())
+                if high == low:
+                    mean = np.full((shape[0], *in_shape[1:]), low)
+                else:
+                    resized = resize_image(((image - low) / (high - low)).transpose(1, 2, 0), in_shape[1:])
+                    mean = resized.transpose(2, 0, 1) * (high - low) + low
         self.mean[in_] = mean
 
     def set_input_scale(self, in_: str, scale: float) -> None:

@@ -197,6 +197,8 @@ def test_detector_context_pad_pads_with_mean(tmp_path):
     # 3 * 10/17 = 1.76 -> 2 rows of padding.
     np.testing.assert_allclose(out[1, 5], [30 / 255, 20 / 255, 10 / 255], atol=1e-6)
     np.testing.assert_allclose(out[2, 5], 1.0, atol=1e-6)
+    with pytest.raises(CaffeCompatError, match="context_pad 5 leaves no room"):
+        caffe.Detector(deploy, weights, context_pad=5)  # detect.py's default 16 on a small net, say
 
 
 # -- process-wide names ------------------------------------------------------------------------------------
@@ -244,3 +246,16 @@ def test_star_import_missing_names_and_version():
         caffe._caffe  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         caffe.no_such_name  # noqa: B018
+
+
+def test_set_mean_of_another_size_is_resized_as_pycaffe():
+    # pycaffe's set_mean resizes a mean image of another size (e.g. ImageNet's 256 x 256 for a 227 input).
+    mean = np.random.default_rng(5).uniform(90, 130, (3, 8, 6))
+    t = cio.Transformer({"data": (1, 3, 4, 5)})
+    t.set_mean("data", mean)
+    expected = skimage_rule(mean.transpose(1, 2, 0), 4, 5).transpose(2, 0, 1)
+    np.testing.assert_allclose(t.mean["data"], expected, rtol=0, atol=1e-6 * 130)
+    t.set_mean("data", np.full((3, 8, 6), 7.0))
+    assert t.mean["data"].shape == (3, 4, 5) and np.all(t.mean["data"] == 7.0)
+    with pytest.raises(ValueError, match="Mean shape invalid"):
+        t.set_mean("data", np.zeros((1, 3, 4, 5)))
