@@ -199,6 +199,11 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
     """pycaffe's resize_image: `im` (H x W x K) resized to new_dims (height, width); order 0 nearest, 1 bilinear,
     2-3 bicubic."""
     im = np.asarray(im, dtype=np.float32)
+    if im.ndim != 3 or 0 in im.shape:
+        raise CaffeCompatError(f"resize_image: expected an H x W x K image, got shape {im.shape} (add a channel "
+                               "axis to a grey image: im[:, :, np.newaxis])")
+    if len(new_dims) != 2 or min(int(d) for d in new_dims) < 1:
+        raise CaffeCompatError(f"resize_image: new_dims {tuple(new_dims)} must be (height, width), both at least 1")
     h, w = int(new_dims[0]), int(new_dims[1])
     if im.shape[:2] == (h, w):
         return im.copy()

@@ -64,6 +64,13 @@ def test_resize_image_enlarged_edges_blend_toward_minimum():
     assert out[0, 4, 0] == pytest.approx(0.2, abs=1e-6)  # grey edge: blends toward the minimum, itself
 
 
+def test_resize_image_refuses_bad_shapes_in_one_line():
+    with pytest.raises(CaffeCompatError, match="expected an H x W x K image"):
+        cio.resize_image(np.random.default_rng(0).uniform(size=(4, 4)), (3, 3))
+    with pytest.raises(CaffeCompatError, match="both at least 1"):
+        cio.resize_image(np.random.default_rng(0).uniform(size=(4, 4, 3)), (0, 5))
+
+
 def test_resize_image_other_channel_counts_zoom_corner_to_corner():
     # pycaffe sends K not in {1, 3} to scipy.ndimage.zoom: corners map to corners. By hand, 2 -> 3 wide:
     # the middle sample is the mean of the two columns.
