@@ -2,8 +2,12 @@
 
 It is also pycaffe: `import caffecompat as caffe` gives Caffe's Python API
 (`caffe.Net`, `caffe.SGDSolver`, `caffe.io`, `caffe.NetSpec`, `caffe.layers`,
-`caffe.params`, Python layers deriving from `caffe.Layer`). Its names are loaded
-on first use, so `import caffecompat` (and the command line) stays fast.
+`caffe.params`, `caffe.coord_map`, `caffe.Classifier`, `caffe.Detector`,
+`caffe.Timer`, `caffe.init_log`/`caffe.log`, the multi-process names, Python
+layers deriving from `caffe.Layer`). Its names are loaded on first use, so
+`import caffecompat` (and the command line) stays fast; `from caffecompat import *`
+gives them all. A name real pycaffe had and caffecompat lacks raises an
+AttributeError whose one line says what to use instead.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ load_image from file objects and resize_image's scikit-image rule, `from caffe i
 from __future__ import annotations
 
 import io as pyio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -266,3 +269,22 @@ def test_set_mean_of_another_size_is_resized_as_pycaffe():
     assert t.mean["data"].shape == (3, 4, 5) and np.all(t.mean["data"] == 7.0)
     with pytest.raises(ValueError, match="Mean shape invalid"):
         t.set_mean("data", np.zeros((1, 3, 4, 5)))
+
+
+def test_solver_count_and_rank_read_the_mpi_world(tmp_path):
+    from caffecompat.parallel import launch
+
+    try:
+        pytest.importorskip("mpi4py")
+        mpiexec = launch.find_mpiexec()
+    except CaffeCompatError:
+        pytest.skip("needs the MPI extra: pip install 'caffecompat[mpi]' (mpi4py and mpich, with mpiexec)")
+    script = ("import caffecompat as caffe\n"
+              "caffe.set_solver_count(2); caffe.set_solver_rank(caffe.solver_rank()); caffe.set_multiprocess(True)\n"
+              "print('rank', caffe.solver_rank(), 'of', caffe.solver_count(), flush=True)\n")
+    (tmp_path / "s.py").write_text(script)
+    run = subprocess.run([mpiexec, "-n", "2", sys.executable, str(tmp_path / "s.py")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "GLOG_minloglevel": "2"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(line for line in run.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2",
+                                                                                          "rank 1 of 2"]
