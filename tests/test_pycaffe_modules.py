@@ -288,3 +288,24 @@ def test_solver_count_and_rank_read_the_mpi_world(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(line for line in run.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2",
                                                                                           "rank 1 of 2"]
+
+
+def test_crop_of_fcn32s_gives_the_published_offset():
+    # FCN-32s (Long et al., fcn.berkeleyvision.org, written with NetSpec): VGG16 with pad 100 on conv1_1 and a
+    # 64/32 deconvolution; its published train.prototxt crops upscore to data at offset 19.
+    n = caffe.NetSpec()
+    n.data, n.label = L.Python(module="voc_layers", layer="SBDDSegDataLayer", ntop=2)
+    top = n.data
+    for convs, width in [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)]:
+        for _ in range(convs):
+            top = L.ReLU(L.Convolution(top, kernel_size=3, num_output=width, pad=100 if top is n.data else 1),
+                         in_place=True)
+        top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    top = L.Dropout(L.ReLU(L.Convolution(top, kernel_size=7, num_output=4096, pad=0), in_place=True), in_place=True)
+    top = L.Dropout(L.ReLU(L.Convolution(top, kernel_size=1, num_output=4096), in_place=True), in_place=True)
+    n.score_fr = L.Convolution(top, num_output=21, kernel_size=1, pad=0)
+    n.upscore = L.Deconvolution(n.score_fr, convolution_param=dict(num_output=21, kernel_size=64, stride=32,
+                                                                   bias_term=False))
+    n.score = crop(n.upscore, n.data)
+    layer = next(lay for lay in n.to_proto().layer if lay.type == "Crop")
+    assert layer.crop_param.axis == 2 and list(layer.crop_param.offset) == [19]
