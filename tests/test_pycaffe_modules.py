@@ -281,13 +281,15 @@ def test_solver_count_and_rank_read_the_mpi_world(tmp_path):
         pytest.skip("needs the MPI extra: pip install 'caffecompat[mpi]' (mpi4py and mpich, with mpiexec)")
     script = ("import caffecompat as caffe\n"
               "caffe.set_solver_count(2); caffe.set_solver_rank(caffe.solver_rank()); caffe.set_multiprocess(True)\n"
-              "print('rank', caffe.solver_rank(), 'of', caffe.solver_count(), flush=True)\n")
+              "import sys, pathlib\n"
+              "pathlib.Path(sys.argv[1], str(caffe.solver_rank())).write_text(f'rank {caffe.solver_rank()} of '\n"
+              "                                                                f'{caffe.solver_count()}')\n")
     (tmp_path / "s.py").write_text(script)
-    run = subprocess.run([mpiexec, "-n", "2", sys.executable, str(tmp_path / "s.py")], capture_output=True, text=True,
+    run = subprocess.run([mpiexec, "-n", "2", sys.executable, str(tmp_path / "s.py"), str(tmp_path)],
+                         capture_output=True, text=True,
                          timeout=120, env={**os.environ, "GLOG_minloglevel": "2"})
     assert run.returncode == 0, run.stderr[-2000:]
-    assert sorted(line for line in run.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2",
-                                                                                          "rank 1 of 2"]
+    assert [(tmp_path / r).read_text() for r in ("0", "1")] == ["rank 0 of 2", "rank 1 of 2"]
 
 
 def test_crop_of_fcn32s_gives_the_published_offset():
