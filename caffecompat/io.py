@@ -11,8 +11,8 @@ conversion uses scikit-image's weights. `resize_image` is pycaffe's: 1- and
 resize(order, mode='constant', cval=0) (pixel centres map to pixel centres,
 and samples beyond the edge blend toward 0, i.e. toward the image's minimum
 once stretched back), other channel counts as scipy's ndimage.zoom (corners
-map to corners). Bilinear (order 1) follows those rules exactly; nearest and
-bicubic use OpenCV's.
+map to corners). Bilinear (order 1) follows those rules exactly, and so does
+nearest (order 0) for 1 and 3 channels; bicubic uses OpenCV's.
 """
 
 from __future__ import annotations
@@ -195,6 +195,13 @@ def _skimage_bilinear(im: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
+def _nearest(size: int, new_size: int) -> np.ndarray:
+    # scikit-image's resize(order=0): output i takes the input pixel nearest (i + 0.5) * size / new_size - 0.5,
+    # halves rounded up (never beyond the edge, so mode='constant' adds nothing).
+    pos = (np.arange(new_size) + 0.5) * (size / new_size) - 0.5
+    return np.clip(np.floor(pos + 0.5).astype(np.int64), 0, size - 1)
+
+
 def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
     """pycaffe's resize_image: `im` (H x W x K) resized to new_dims (height, width); order 0 nearest, 1 bilinear,
     2-3 bicubic."""
@@ -221,6 +228,8 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
     std = (im - np.float32(low)) / np.float32(high - low)
     if interp_order == 1:
         out = _skimage_bilinear(std, h, w)
+    elif interp_order == 0:
+        out = std[_nearest(im.shape[0], h)][:, _nearest(im.shape[1], w)]
     else:
         out = np.clip(_opencv_resize(std, h, w, interp_order), 0.0, 1.0)  # scikit-image clips to the range
     return (out * (high - low) + low).astype(np.float32)

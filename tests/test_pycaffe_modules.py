@@ -67,6 +67,15 @@ def test_resize_image_enlarged_edges_blend_toward_minimum():
     assert out[0, 4, 0] == pytest.approx(0.2, abs=1e-6)  # grey edge: blends toward the minimum, itself
 
 
+def test_resize_image_nearest_picks_scikit_image_pixels():
+    # order=0, by hand: 4 -> 2 samples at 0.5 and 2.5, rounded up to pixels 1 and 3 (OpenCV takes 0 and 2);
+    # 2 -> 4 samples at -0.25, 0.25, 0.75, 1.25: pixels 0, 0, 1, 1.
+    row = np.array([0.0, 1.0, 2.0, 3.0], np.float32)[np.newaxis, :, np.newaxis]
+    np.testing.assert_allclose(cio.resize_image(row, (1, 2), interp_order=0).ravel(), [1, 3], atol=1e-6)
+    np.testing.assert_allclose(cio.resize_image(row[:, :2], (1, 4), interp_order=0).ravel(), [0, 0, 1, 1],
+                               atol=1e-6)
+
+
 def test_resize_image_refuses_bad_shapes_in_one_line():
     with pytest.raises(CaffeCompatError, match="expected an H x W x K image"):
         cio.resize_image(np.random.default_rng(0).uniform(size=(4, 4)), (3, 3))
