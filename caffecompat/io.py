@@ -146,30 +146,23 @@ def load_image(filename: str | os.PathLike | IO[bytes], color: bool = True) -> n
 _INTERPOLATION = {0: "INTER_NEAREST", 1: "INTER_LINEAR", 2: "INTER_CUBIC", 3: "INTER_CUBIC"}
 
 
-def linear_weights(size: int, new_size: int, align_corners: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The new_size x size matrix of 1-D linear interpolation, and which outputs sample beyond the edge.
-
-    Without align_corners, output i samples input (i + 0.5) * size / new_size - 0.5 (scikit-image's resize,
-    pixel centres to pixel centres) and a sample beyond the edge weighs a 0 outside the image (mode='constant',
-    cval=0); with it, i * (size - 1) / (new_size - 1) (scipy.ndimage.zoom, corners to corners)."""
-    i = np.arange(new_size, dtype=np.float64)
-    if align_corners:
-        pos = i * ((size - 1) / (new_size - 1)) if new_size > 1 else np.zeros(1)
-    else:
-        pos = (i + 0.5) * (size / new_size) - 0.5
-    low = np.floor(pos).astype(np.int64)
+def zoom_weights(size: int, new_size: int) -> np.ndarray:
+    """The new_size x size matrix of scipy.ndimage.zoom's 1-D linear interpolation (order 1): output i samples
+    input i * (size - 1) / (new_size - 1), corners to corners, never beyond the edge."""
+    pos = np.arange(new_size) * ((size - 1) / (new_size - 1)) if new_size > 1 else np.zeros(1)
+    low = np.minimum(np.floor(pos).astype(np.int64), size - 1)
     frac = pos - low
-    weights = np.zeros((new_size, size + 2), np.float64)  # columns 0 and size+1: the ring of zeros
+    weights = np.zeros((new_size, size + 1), np.float64)
     rows = np.arange(new_size)
-    np.add.at(weights, (rows, np.clip(low + 1, 0, size + 1)), 1.0 - frac)
-    np.add.at(weights, (rows, np.clip(low + 2, 0, size + 1)), frac)
-    beyond = (pos < 0) | (pos > size - 1)
-    return weights[:, 1:size + 1], beyond
+    np.add.at(weights, (rows, low), 1.0 - frac)
+    np.add.at(weights, (rows, low + 1), frac)
+    return weights[:, :size]
 
 
-def _linear(im: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _zoom_linear(im: np.ndarray, h: int, w: int) -> np.ndarray:
+    rows, cols = zoom_weights(im.shape[0], h), zoom_weights(im.shape[1], w)
     # out[i, j, k] = sum over a, b of rows[i, a] * im[a, b, k] * cols[j, b]
-    return np.einsum("jb,ibk->ijk", cols, np.tensordot(rows, im, axes=(1, 0)), optimize=True)
+    return np.tensordot(np.tensordot(rows, im, axes=(1, 0)), cols, axes=(1, 1)).transpose(0, 2, 1)
 
 
 def _opencv_resize(im: np.ndarray, h: int, w: int, interp_order: int) -> np.ndarray:
@@ -181,17 +174,24 @@ def _opencv_resize(im: np.ndarray, h: int, w: int, interp_order: int) -> np.ndar
     return np.concatenate([p[:, :, np.newaxis] if p.ndim == 2 else p for p in parts], axis=2)
 
 
+def _inside_weight(size: int, new_size: int) -> np.ndarray:
+    """Per output line of scikit-image's bilinear resize, how much of its weight falls inside the image."""
+    pos = (np.arange(new_size) + 0.5) * (size / new_size) - 0.5  # pixel centre to pixel centre
+    # A sample before the first pixel (pos in (-0.5, 0)) weighs pixel 0 by 1 + pos, one after the last by
+    # size - pos; the rest of its weight falls on the zeros outside (mode='constant', cval=0).
+    return np.clip(np.minimum(1.0 + pos, size - pos), 0.0, 1.0)
+
+
 def _skimage_bilinear(im: np.ndarray, h: int, w: int) -> np.ndarray:
     """scikit-image's resize(order=1, mode='constant', cval=0) of a float image."""
-    rows, rows_beyond = linear_weights(im.shape[0], h)
-    cols, cols_beyond = linear_weights(im.shape[1], w)
-    # Inside, OpenCV's bilinear samples the same points with the same weights (the fast path); only the
-    # outputs that sample beyond the edge, where OpenCV repeats the edge pixel, are computed again.
-    out = _opencv_resize(im, h, w, 1).astype(np.float64)
-    if rows_beyond.any():
-        out[rows_beyond] = _linear(im, rows[rows_beyond], cols)
-    if cols_beyond.any():
-        out[:, cols_beyond] = _linear(im, rows, cols[cols_beyond])
+    # OpenCV's bilinear samples the same points with the same weights, except that a sample beyond the edge
+    # puts all its weight on the edge pixel; scikit-image gives the edge pixel only its inside weight, so
+    # each output line beyond the edge is OpenCV's scaled by that weight (the interpolation is separable).
+    out = _opencv_resize(im, h, w, 1)
+    rows, cols = _inside_weight(im.shape[0], h), _inside_weight(im.shape[1], w)
+    beyond_rows, beyond_cols = np.flatnonzero(rows < 1), np.flatnonzero(cols < 1)
+    out[beyond_rows] *= rows[beyond_rows, None, None].astype(out.dtype)
+    out[:, beyond_cols] *= cols[None, beyond_cols, None].astype(out.dtype)
     return out
 
 
@@ -217,22 +217,25 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
     if im.shape[-1] not in (1, 3):
         # pycaffe's resize_image: other channel counts go through scipy.ndimage.zoom (corners to corners).
         if interp_order == 1:
-            return _linear(im.astype(np.float64), linear_weights(im.shape[0], h, True)[0],
-                           linear_weights(im.shape[1], w, True)[0]).astype(np.float32)
+            return _zoom_linear(im.astype(np.float64), h, w).astype(np.float32)
         return _opencv_resize(im, h, w, interp_order).astype(np.float32)
     low, high = float(im.min()), float(im.max())
     if high == low:
         # A constant image stays constant (pycaffe fills the result with the value).
         return np.full((h, w, im.shape[-1]), low, np.float32)
     # pycaffe's resize_image: stretch to [0, 1] for scikit-image, resize, stretch back.
-    std = (im - np.float32(low)) / np.float32(high - low)
+    std = im - np.float32(low)
+    std *= np.float32(1.0 / (high - low))
     if interp_order == 1:
         out = _skimage_bilinear(std, h, w)
     elif interp_order == 0:
         out = std[_nearest(im.shape[0], h)][:, _nearest(im.shape[1], w)]
     else:
         out = np.clip(_opencv_resize(std, h, w, interp_order), 0.0, 1.0)  # scikit-image clips to the range
-    return (out * (high - low) + low).astype(np.float32)
+    out = out.astype(np.float32, copy=False)
+    out *= np.float32(high - low)
+    out += np.float32(low)
+    return out
 
 
 def oversample(images: Sequence[np.ndarray], crop_dims: Sequence[int]) -> np.ndarray:
