@@ -4,15 +4,22 @@
 does, in pycaffe's order: resize to the input's size, transpose, channel
 swap, raw scale, mean subtraction, input scale (`deprocess` undoes it).
 `load_image` gives what pycaffe's gave: RGB, float32 in [0, 1], H x W x 3 (or
-x 1 with color=False). Images are read and resized with OpenCV, where pycaffe
-used scikit-image: grey conversion uses scikit-image's weights; bilinear
-resizing interpolates as scikit-image's order=1 inside the image, but edge
-pixels repeat the border rather than fading to the image's minimum.
+x 1 with color=False), from a path, a path-like or a binary file object.
+Images are decoded with OpenCV, where pycaffe used scikit-image: grey
+conversion uses scikit-image's weights. `resize_image` is pycaffe's: 1- and
+3-channel images are stretched to [0, 1], resized as scikit-image's
+resize(order, mode='constant', cval=0) (pixel centres map to pixel centres,
+and samples beyond the edge blend toward 0, i.e. toward the image's minimum
+once stretched back), other channel counts as scipy's ndimage.zoom (corners
+map to corners). Bilinear (order 1) follows those rules exactly, and so does
+nearest (order 0) for 1 and 3 channels; bicubic uses OpenCV's.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -87,16 +94,42 @@ def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
 # -- images ----------------------------------------------------------------------------------
 
 
-def load_image(filename: str, color: bool = True) -> np.ndarray:
-    """An image file as float32 H x W x 3 RGB in [0, 1] (H x W x 1 grey with color=False)."""
-    import cv2
-
+def _image_bytes(source: str | os.PathLike | IO[bytes]) -> tuple[bytes, str]:
+    """The encoded bytes of an image given as a path, a path-like or a binary file object, and its name."""
     from caffecompat.data.image_io import read_file
 
-    raw = np.frombuffer(read_file(str(filename)), np.uint8)
-    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if hasattr(source, "read"):
+        name = str(getattr(source, "name", "<file object>"))
+        # PIL's Image.open (under pycaffe's skimage.io.imread) reads a seekable file from its start, so a
+        # BytesIO just written to (its position at the end) reads whole.
+        if getattr(source, "seekable", lambda: False)():
+            source.seek(0)
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CaffeCompatError(f"load_image({name}): the file object gives text; open the image in binary "
+                                   "mode (open(path, 'rb')) or pass io.BytesIO(data)")
+        return bytes(data), name
+    if not isinstance(source, (str, os.PathLike)):
+        raise CaffeCompatError(f"load_image: expected an image path or a binary file object, got "
+                               f"{type(source).__name__}")
+    name = os.fspath(source)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if name.startswith(("http://", "https://", "ftp://")):
+        raise CaffeCompatError(f"not supported: load_image({name}) from a URL; download it and pass the file "
+                               "(or io.BytesIO(the downloaded bytes))")
+    return read_file(name), name
+
+
+def load_image(filename: str | os.PathLike | IO[bytes], color: bool = True) -> np.ndarray:
+    """An image (path, path-like or binary file object) as float32 H x W x 3 RGB in [0, 1] (H x W x 1 grey
+    with color=False)."""
+    import cv2
+
+    data, name = _image_bytes(filename)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
-        raise CaffeCompatError(f"{filename}: not an image OpenCV can decode")
+        raise CaffeCompatError(f"{name}: not an image OpenCV can decode")
     scale = 1.0 / (65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0)
     img = img.astype(np.float32) * np.float32(scale)
     if img.ndim == 3:
@@ -113,27 +146,96 @@ def load_image(filename: str, color: bool = True) -> np.ndarray:
 _INTERPOLATION = {0: "INTER_NEAREST", 1: "INTER_LINEAR", 2: "INTER_CUBIC", 3: "INTER_CUBIC"}
 
 
-def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
-    """`im` (H x W x K) resized to new_dims (height, width): order 0 nearest, 1 bilinear, 2-3 bicubic."""
+def zoom_weights(size: int, new_size: int) -> np.ndarray:
+    """The new_size x size matrix of scipy.ndimage.zoom's 1-D linear interpolation (order 1): output i samples
+    input i * (size - 1) / (new_size - 1), corners to corners, never beyond the edge."""
+    pos = np.arange(new_size) * ((size - 1) / (new_size - 1)) if new_size > 1 else np.zeros(1)
+    low = np.minimum(np.floor(pos).astype(np.int64), size - 1)
+    frac = pos - low
+    weights = np.zeros((new_size, size + 1), np.float64)
+    rows = np.arange(new_size)
+    np.add.at(weights, (rows, low), 1.0 - frac)
+    np.add.at(weights, (rows, low + 1), frac)
+    return weights[:, :size]
+
+
+def _zoom_linear(im: np.ndarray, h: int, w: int) -> np.ndarray:
+    rows, cols = zoom_weights(im.shape[0], h), zoom_weights(im.shape[1], w)
+    # out[i, j, k] = sum over a, b of rows[i, a] * im[a, b, k] * cols[j, b]
+    return np.tensordot(np.tensordot(rows, im, axes=(1, 0)), cols, axes=(1, 1)).transpose(0, 2, 1)
+
+
+def _opencv_resize(im: np.ndarray, h: int, w: int, interp_order: int) -> np.ndarray:
     import cv2
 
+    flag = getattr(cv2, _INTERPOLATION.get(interp_order, "INTER_CUBIC"))
+    # OpenCV resizes at most 512 channels at once.
+    parts = [cv2.resize(im[:, :, c:c + 512], (w, h), interpolation=flag) for c in range(0, im.shape[-1], 512)]
+    return np.concatenate([p[:, :, np.newaxis] if p.ndim == 2 else p for p in parts], axis=2)
+
+
+def _inside_weight(size: int, new_size: int) -> np.ndarray:
+    """Per output line of scikit-image's bilinear resize, how much of its weight falls inside the image."""
+    pos = (np.arange(new_size) + 0.5) * (size / new_size) - 0.5  # pixel centre to pixel centre
+    # A sample before the first pixel (pos in (-0.5, 0)) weighs pixel 0 by 1 + pos, one after the last by
+    # size - pos; the rest of its weight falls on the zeros outside (mode='constant', cval=0).
+    return np.clip(np.minimum(1.0 + pos, size - pos), 0.0, 1.0)
+
+
+def _skimage_bilinear(im: np.ndarray, h: int, w: int) -> np.ndarray:
+    """scikit-image's resize(order=1, mode='constant', cval=0) of a float image."""
+    # OpenCV's bilinear samples the same points with the same weights, except that a sample beyond the edge
+    # puts all its weight on the edge pixel; scikit-image gives the edge pixel only its inside weight, so
+    # each output line beyond the edge is OpenCV's scaled by that weight (the interpolation is separable).
+    out = _opencv_resize(im, h, w, 1)
+    rows, cols = _inside_weight(im.shape[0], h), _inside_weight(im.shape[1], w)
+    beyond_rows, beyond_cols = np.flatnonzero(rows < 1), np.flatnonzero(cols < 1)
+    out[beyond_rows] *= rows[beyond_rows, None, None].astype(out.dtype)
+    out[:, beyond_cols] *= cols[None, beyond_cols, None].astype(out.dtype)
+    return out
+
+
+def _nearest(size: int, new_size: int) -> np.ndarray:
+    # scikit-image's resize(order=0): output i takes the input pixel nearest (i + 0.5) * size / new_size - 0.5,
+    # halves rounded up (never beyond the edge, so mode='constant' adds nothing).
+    pos = (np.arange(new_size) + 0.5) * (size / new_size) - 0.5
+    return np.clip(np.floor(pos + 0.5).astype(np.int64), 0, size - 1)
+
+
+def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
+    """pycaffe's resize_image: `im` (H x W x K) resized to new_dims (height, width); order 0 nearest, 1 bilinear,
+    2-3 bicubic."""
     im = np.asarray(im, dtype=np.float32)
+    if im.ndim != 3 or 0 in im.shape:
+        raise CaffeCompatError(f"resize_image: expected an H x W x K image, got shape {im.shape} (add a channel "
+                               "axis to a grey image: im[:, :, np.newaxis])")
+    if len(new_dims) != 2 or min(int(d) for d in new_dims) < 1:
+        raise CaffeCompatError(f"resize_image: new_dims {tuple(new_dims)} must be (height, width), both at least 1")
     h, w = int(new_dims[0]), int(new_dims[1])
     if im.shape[:2] == (h, w):
         return im.copy()
+    if im.shape[-1] not in (1, 3):
+        # pycaffe's resize_image: other channel counts go through scipy.ndimage.zoom (corners to corners).
+        if interp_order == 1:
+            return _zoom_linear(im.astype(np.float64), h, w).astype(np.float32)
+        return _opencv_resize(im, h, w, interp_order).astype(np.float32)
     low, high = float(im.min()), float(im.max())
     if high == low:
         # A constant image stays constant (pycaffe fills the result with the value).
         return np.full((h, w, im.shape[-1]), low, np.float32)
-    flag = getattr(cv2, _INTERPOLATION.get(interp_order, "INTER_CUBIC"))
-    channels = im.shape[-1]
-    # OpenCV resizes at most 512 channels at once.
-    parts = [cv2.resize(im[:, :, c:c + 512], (w, h), interpolation=flag) for c in range(0, channels, 512)]
-    parts = [p[:, :, np.newaxis] if p.ndim == 2 else p for p in parts]
-    out = np.concatenate(parts, axis=2)
-    if interp_order > 1:
-        out = np.clip(out, low, high)  # pycaffe's resize clips to the input's range
-    return out.astype(np.float32)
+    # pycaffe's resize_image: stretch to [0, 1] for scikit-image, resize, stretch back.
+    std = im - np.float32(low)
+    std *= np.float32(1.0 / (high - low))
+    if interp_order == 1:
+        out = _skimage_bilinear(std, h, w)
+    elif interp_order == 0:
+        out = std[_nearest(im.shape[0], h)][:, _nearest(im.shape[1], w)]
+    else:
+        out = np.clip(_opencv_resize(std, h, w, interp_order), 0.0, 1.0)  # scikit-image clips to the range
+    out = out.astype(np.float32, copy=False)
+    out *= np.float32(high - low)
+    out += np.float32(low)
+    return out
 
 
 def oversample(images: Sequence[np.ndarray], crop_dims: Sequence[int]) -> np.ndarray:
@@ -241,8 +343,17 @@ class Transformer:
                 shape = (1, *shape)
             if len(shape) != 3:
                 raise ValueError("Mean shape invalid")
-            if tuple(shape) != tuple(self.inputs[in_][1:]):
-                raise ValueError("Mean shape incompatible with input shape.")
+            in_shape = tuple(self.inputs[in_][1:])
+            if tuple(shape) != in_shape:
+                # pycaffe's Transformer.set_mean: a mean image of another size is resized to the input's
+                # (stretched to [0, 1], resize_image, stretched back); a constant one stays that constant.
+                image = mean.reshape(shape).astype(np.float64)
+                low, high = float(image.min()), float(image.max())
+                if high == low:
+                    mean = np.full((shape[0], *in_shape[1:]), low)
+                else:
+                    resized = resize_image(((image - low) / (high - low)).transpose(1, 2, 0), in_shape[1:])
+                    mean = resized.transpose(2, 0, 1) * (high - low) + low
         self.mean[in_] = mean
 
     def set_input_scale(self, in_: str, scale: float) -> None:

@@ -42,8 +42,10 @@ def test_transformer_preprocess_and_deprocess():
 def test_resize_bilinear_by_hand():
     ramp = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)[:, :, None]
     out = cio.resize_image(ramp, (4, 4))
-    # Pixel centers of the 4 outputs sit at -0.25, 0.25, 0.75, 1.25 source pixels (edges clamp).
-    np.testing.assert_allclose(out[0, :, 0], [0, 0.25, 0.75, 1])
+    # Pixel centers of the 4 outputs sit at -0.25, 0.25, 0.75, 1.25 source pixels; beyond the edge the samples
+    # blend toward 0 (scikit-image's mode='constant'), so row -0.25 is 0.75 of row 0.
+    np.testing.assert_allclose(out[1, :, 0], [0, 0.25, 0.75, 0.75], atol=1e-7)
+    np.testing.assert_allclose(out[0, :, 0], 0.75 * np.array([0, 0.25, 0.75, 0.75]), atol=1e-7)
     assert out.shape == (4, 4, 1)
     assert np.all(cio.resize_image(np.full((3, 3, 3), 7, np.float32), (5, 2)) == 7)
     t = cio.Transformer({"data": (1, 1, 4, 4)})
