@@ -32,12 +32,7 @@ FILES = ("test_coord_map.py", "test_draw.py", "test_io.py", "test_layer_type_lis
 
 # BVLC tests known to fail today, with why: the one place to edit. Being fixed on another branch
 # (caffecompat/pycaffe.py's Net/Solver); empty this list once that work is merged.
-EXPECTED_FAILURES = {
-    "test_solver.py::TestSolver::test_apply_update": "Solver.apply_update: being fixed in pycaffe.py on another "
-                                                     "branch",
-    "test_net_spec.py::TestNetSpec::test_zero_tops": "a layer without tops in a Net: being fixed in pycaffe.py "
-                                                     "on another branch",
-}
+EXPECTED_FAILURES: dict[str, str] = {}
 
 HARNESS = '''"""Written by caffecompat's tests/test_bvlc_pycaffe.py: unittest's aliases that Python 3.12 removed."""
 import unittest
