@@ -91,8 +91,10 @@ class Group:
         """Wait for every rank to be done (rank 0's final snapshot and test) before leaving."""
 
 
-def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
-    """The group of this process: MPI's world when a launcher started several processes, else a group of one."""
+def join(timeout: float = DEFAULT_TIMEOUT, work: str = "training") -> Group:
+    """The group of this process: MPI's world when a launcher started several processes, else a group of one.
+
+    `work` names what the ranks do together in the set-up log ("training", "inference")."""
     size = state.launched_size()
     if size is None or size == 1:
         return Group()
@@ -114,7 +116,7 @@ def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
             f"the MPI launcher started {size} processes, but the MPI library mpi4py uses "
             f"({_library(MPI)}) sees only this one: mpiexec and the library must be the same MPI; run the "
             f"mpiexec installed with it ({Path(sys.executable).parent / 'mpiexec'})")
-    return MpiGroup(MPI, world, timeout)
+    return MpiGroup(MPI, world, timeout, work)
 
 
 def _library(mpi) -> str:
@@ -124,8 +126,9 @@ def _library(mpi) -> str:
 class MpiGroup(Group):
     """Several processes over MPI: Caffe's multi-GPU solver semantics."""
 
-    def __init__(self, mpi, world, timeout: float) -> None:
+    def __init__(self, mpi, world, timeout: float, work: str = "training") -> None:
         self.MPI = mpi
+        self.work = work
         self.timeout = float(timeout)
         self.comm = world.Dup()
         self.beats = world.Dup()
@@ -170,20 +173,15 @@ class MpiGroup(Group):
         """Split this machine's cores between its ranks (ONNX Runtime's default takes them all per process)."""
         from caffecompat.runtime import providers
 
-        if providers.INTRA_OP_THREADS:
-            return
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        # A launcher that binds each rank to its own cores has split them already.
-        if cores == (os.cpu_count() or cores):
-            cores //= self.local_size
-        providers.INTRA_OP_THREADS = max(1, cores)
+        if not providers.INTRA_OP_THREADS:  # -threads decides when given
+            providers.set_threads(providers.default_threads(self.local_size)[0])
 
     def _introduce(self, mpi) -> None:
         from caffecompat.runtime import providers
 
         rows = self.comm.gather((self.rank, os.getpid(), self.host, self.local_rank), root=0)
         if self.root:
-            glog.info("group.py:1", f"Data-parallel training on {self.size} processes ({_library(mpi)}), "
+            glog.info("group.py:1", f"Data-parallel {self.work} on {self.size} processes ({_library(mpi)}), "
                                         f"{providers.INTRA_OP_THREADS} thread(s) each")
             for rank, pid, host, local in rows:
                 glog.info("group.py:1", f"rank {rank}: pid {pid} on {host} (local rank {local})")
@@ -310,9 +308,9 @@ class MpiGroup(Group):
                 f"memory, or stuck reading data); stopping the job (-mpi_timeout sets the wait)")
 
     # -- failure ----------------------------------------------------------------------
-    def fail(self, error: BaseException) -> NoReturn:
+    def fail(self, error: BaseException, program: str = "caffecompat train") -> NoReturn:
         """Stop every rank because this one failed: one line naming the rank and the cause, exit status 1."""
-        self.stop_job(describe_error(error))
+        self.stop_job(describe_error(error), program)
 
     def stop_job(self, message: str, program: str = "caffecompat train") -> NoReturn:
         """Print `message` for this rank (or hand it to the -processes launcher), then end every rank, status 1."""
