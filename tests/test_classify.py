@@ -12,9 +12,12 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
@@ -168,3 +171,135 @@ def test_a_training_net_is_refused(work, capsys):
     assert main(["classify", "-model", str(work / "train_val.prototxt"), "-weights",
                  str(work / "shapes_iter_50.caffemodel"), "x.png"]) == 1
     assert "classify needs a deploy net whose one input is an Input layer" in capsys.readouterr().err
+
+
+# -- HDF5 results -------------------------------------------------------------------------------
+
+def _classify_to(work: Path, out: Path, *args: str) -> str:
+    rc, log = run_cli(["classify", "-model", str(work / "deploy.prototxt"), "-weights",
+                       str(work / "shapes_iter_50.caffemodel"), "-output", str(out), *args])
+    assert rc == 0, log[-2000:]
+    return log
+
+
+def _per_image(path: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    found = {}
+    with h5py.File(path, "r") as f:
+        f["predictions"].visititems(lambda name, obj: found.__setitem__(name, (obj[()], dict(obj.attrs)))
+                                    if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+VAL = ["-mean_file", "mean.binaryproto", "-scale", str(SCALE), "-root", "images/", "-labels", "images/labels.txt",
+       "-top_k", "3", "images/val.txt", "-batch_size", "7"]
+
+
+def test_hdf5_results_hold_the_csv_numbers_per_image_and_as_arrays(work, monkeypatch):
+    monkeypatch.chdir(work)
+    _classify_to(work, work / "val.csv", *VAL)
+    _classify_to(work, work / "val.h5", *VAL)
+    _classify_to(work, work / "val.out", "-format", "hdf5", *VAL)
+    assert (work / "val.h5").read_bytes() == (work / "val.out").read_bytes()
+    rows = list(csv.DictReader((work / "val.csv").read_text().splitlines()))
+    names = (work / "images/labels.txt").read_text().split()
+    listed = [line.split()[0] for line in (work / "images/val.txt").read_text().splitlines()]
+    with h5py.File(work / "val.h5", "r") as f:
+        scores = f["scores"][()]
+        assert scores.dtype == np.float32 and scores.shape == (100, len(names))
+        assert [x.decode() for x in f["files"][()]] == [r["image"] for r in rows]
+        assert [x.decode() for x in f["labels"][()]] == names
+        assert list(f["true_labels"][()]) == [int(r["label"]) for r in rows]
+        top, top_scores = f["top_classes"][()], f["top_scores"][()]
+    assert top.shape == (100, 3)
+    for i, r in enumerate(rows):
+        assert list(top[i]) == [int(r[f"class_{k}"]) for k in (1, 2, 3)]
+        # The CSV's scores are float32 values to 6 significant digits.
+        np.testing.assert_allclose(top_scores[i], [float(r[f"score_{k}"]) for k in (1, 2, 3)], rtol=1e-5, atol=1e-7)
+        assert list(top_scores[i]) == list(scores[i][top[i]])
+    per_image = _per_image(work / "val.h5")
+    # One dataset per image, named by its path as listed in val.txt (val/circle_0001.png -> group val).
+    assert sorted(per_image) == sorted(listed)
+    for name, (values, attrs) in per_image.items():
+        i = int(attrs["index"])
+        assert attrs["file"] == rows[i]["image"] == "images/" + name
+        assert int(attrs["label"]) == int(rows[i]["label"])
+        assert np.array_equal(values, scores[i])
+
+
+def test_print_predictions_agrees_with_classify_accuracy(work, monkeypatch):
+    monkeypatch.chdir(work)
+    log = _classify_to(work, work / "acc.h5", *VAL)
+    (expected,) = re.findall(r"classify.py\] accuracy = (\S+ \(\d+/\d+ labelled images\))", log)
+    done = subprocess.run([sys.executable, str(REPO / "examples/classify/print_predictions.py"), str(work / "acc.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == f"accuracy = {expected}"
+    assert len(lines) == 101 and lines[0].startswith("images/val/")
+
+
+def test_hdf5_names_are_safe_and_unique(work, tmp_path, monkeypatch):
+    src = sorted((work / "images" / "val").iterdir())
+    odd = tmp_path / "in" / "50% off" / "weird name.png"
+    odd.parent.mkdir(parents=True)
+    shutil.copy(src[0], odd)
+    (tmp_path / "list.txt").write_text(f"{src[1]}\n./{src[2].name}\n{src[1]}\n")
+    shutil.copy(src[2], tmp_path / src[2].name)
+    out = tmp_path / "r.hdf5"
+    monkeypatch.chdir(tmp_path)
+    _classify_to(work, out, "-mean_value", "128", str(tmp_path / "in"), "list.txt")
+    found = _per_image(out)
+    first = str(src[1]).lstrip("/")
+    assert sorted(found) == sorted(["50%25 off/weird name.png", first, f"%2E/{src[2].name}", first + "#2"])
+    assert found["50%25 off/weird name.png"][1]["file"] == str(odd)
+    assert found[first + "#2"][1]["index"] == 3
+    assert np.array_equal(found[first][0], found[first + "#2"][0])
+
+
+def test_hdf5_name_mapping():
+    from caffecompat.commands.classify import hdf5_name
+
+    assert hdf5_name("cat/001.jpg") == "cat/001.jpg"
+    assert hdf5_name("/abs//x.png") == "abs/x.png"
+    assert hdf5_name("../a/./b%.png") == "%2E%2E/a/%2E/b%25.png"
+    assert hdf5_name(b"caf\xe9.png".decode("utf-8", "surrogateescape")) == "caf%E9.png"
+    assert hdf5_name("caf\u00e9 \u732b.png") == "caf\u00e9 \u732b.png"
+
+
+@pytest.mark.parametrize("output, extra, message", [
+    ("r.xyz", [], r"unknown output format '\.xyz': use \.csv, \.txt, \.json, \.h5/\.hdf5, or -format"),
+    ("r.h5", ["-format", "csv"], r"names a hdf5 file but -format is csv"),
+    ("", ["-format", "hdf5"], r"-format hdf5 needs -output FILE\.h5"),
+])
+def test_output_formats_are_never_written_under_another_name(work, tmp_path, capsys, output, extra, message):
+    image = str(sorted((work / "images" / "val").iterdir())[0])
+    args = ["classify", "-model", str(work / "deploy.prototxt"), "-weights", str(work / "shapes_iter_50.caffemodel"),
+            *(["-output", str(tmp_path / output)] if output else []), *extra, image]
+    assert main(args) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert re.search(message, line), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_flag_is_logged_and_reaches_onnx_runtime(work, monkeypatch):
+    from caffecompat.runtime import providers
+
+    monkeypatch.setattr(providers, "INTRA_OP_THREADS", 0)
+    seen = []
+    real = providers.inference_session
+
+    def spy(model_bytes, providers_, options=None, **kw):
+        session = real(model_bytes, providers_, options, **kw)
+        seen.append(session.get_session_options().intra_op_num_threads)
+        return session
+
+    monkeypatch.setattr("caffecompat.runtime.forward.inference_session", spy)
+    image = str(sorted((work / "images" / "val").iterdir())[0])
+    log = _classify_to(work, work / "t.csv", "-mean_value", "128", "-threads", "1", image)
+    assert "Using 1 thread per process (from -threads)" in log
+    assert seen == [1]
+    monkeypatch.setattr(providers, "INTRA_OP_THREADS", 0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    log = _classify_to(work, work / "t.csv", "-mean_value", "128", image)
+    assert "Using 3 threads per process (from OMP_NUM_THREADS)" in log
+    assert seen == [1, 3]
