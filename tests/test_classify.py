@@ -24,6 +24,7 @@ import pytest
 from caffecompat.cli import main
 from caffecompat.formats.blob import read_binaryproto
 from tests.cli_run import run_cli
+from tests.mpi_run import mpiexec_or_skip, run_one, run_ranks
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models" / "shapes"
@@ -303,3 +304,52 @@ def test_threads_flag_is_logged_and_reaches_onnx_runtime(work, monkeypatch):
     log = _classify_to(work, work / "t.csv", "-mean_value", "128", image)
     assert "Using 3 threads per process (from OMP_NUM_THREADS)" in log
     assert seen == [1, 3]
+
+
+# -- sharded under MPI ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["r.h5", "r.csv"])
+def test_two_ranks_write_the_one_process_file(work, name):
+    # The same per-process thread count as the one process: ONNX Runtime's sums depend on it in the last bit.
+    args = ["classify", "-model", "deploy.prototxt", "-weights", "shapes_iter_50.caffemodel", "-threads", "1", *VAL]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        from caffecompat.runtime import providers
+
+        mp.setattr(providers, "INTRA_OP_THREADS", 0)
+        rc, log = run_cli([*args, "-output", f"one.{name}"])
+    assert rc == 0, log[-2000:]
+    done = run_ranks(2, [*args, "-output", f"two.{name}"], cwd=str(work))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (work / f"two.{name}").read_bytes() == (work / f"one.{name}").read_bytes()
+    assert "Data-parallel inference on 2 processes" in done.stderr
+    # Rank 0 alone logs the progress and the results.
+    pids = {line.split()[2] for line in done.stderr.splitlines() if "classify.py] classify [" in line
+            or "classify.py] Classified" in line}
+    assert len(pids) == 1
+    assert re.search(r"accuracy = \S+ \(\d+/100 labelled images\)", done.stderr)
+    assert not [p.name for p in work.iterdir() if ".caffecompat-tmp-" in p.name]
+
+
+def test_processes_flag_starts_the_ranks_itself(work):
+    args = ["classify", "-model", "deploy.prototxt", "-weights", "shapes_iter_50.caffemodel", "-threads", "1", *VAL]
+    mpiexec_or_skip()
+    assert run_one([*args, "-output", "p1.h5"], cwd=str(work)).returncode == 0
+    done = run_one([*args, "-output", "p3.h5", "-processes", "3"], cwd=str(work))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Starting 3 processes" in done.stderr
+    assert (work / "p3.h5").read_bytes() == (work / "p1.h5").read_bytes()
+
+
+def test_a_failing_rank_stops_the_job_with_one_line(work, tmp_path):
+    # A label past the net's 4 classes in the second batch: rank 1 reads it, the job stops, nothing is written.
+    src = sorted((work / "images" / "val").iterdir())
+    (tmp_path / "list.txt").write_text(f"{src[0]} 0\n{src[1]} 9\n")
+    done = run_ranks(2, ["classify", "-model", str(work / "deploy.prototxt"), "-weights",
+                         str(work / "shapes_iter_50.caffemodel"), "-mean_value", "128", "-batch_size", "1",
+                         "-output", str(tmp_path / "r.h5"), str(tmp_path / "list.txt")])
+    assert done.returncode != 0
+    (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
+    assert re.fullmatch(r"caffecompat classify: error: rank 1 of 2 \(pid \d+ on .*\): .*label 9 is not a class of "
+                        r"the net's 4 outputs", line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.txt"]
