@@ -313,6 +313,12 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def update_threads() -> int:
+    """How many threads the update runs its slices on (`providers.threads()`, read when it runs)."""
+    _pool()
+    return _POOL_SIZE
+
+
 def _slices(p: Param) -> list[Param]:
     """`p` cut into contiguous slices of about _SLICE elements (views of the same buffers)."""
     n = p.data.size
