@@ -29,7 +29,8 @@ level; see examples/classify/print_predictions.py.
 
 Under `mpiexec -n N` (or with -processes N) the batches are shared round-robin
 between the ranks; rank 0 gathers the scores and writes the one result, the
-same bytes as one process writes.
+same bytes as one process writes with the same -threads (see
+caffecompat.parallel.shard).
 """
 
 from __future__ import annotations

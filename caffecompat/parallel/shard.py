@@ -7,6 +7,12 @@ one-process run and gives the same numbers. The ranks hand their results to
 rank 0 (an MPI gather of numpy arrays), which alone writes the one output, in
 input order, through a temporary file: a rank that fails stops the job with
 one line naming it, and nothing is left behind.
+
+Same numbers means the same per-process thread count: ONNX Runtime splits a
+kernel's sums between its threads, so 1 and 2 threads can differ in the last
+bit. By default each of N ranks on a machine takes cores / N threads; the
+file of `mpiexec -n 2` equals, byte for byte, that of one process with
+-threads set to the ranks' count (the set-up log shows both).
 """
 
 from __future__ import annotations
