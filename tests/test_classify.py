@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -349,6 +350,14 @@ def test_a_failing_rank_stops_the_job_with_one_line(work, tmp_path):
                          str(work / "shapes_iter_50.caffemodel"), "-mean_value", "128", "-batch_size", "1",
                          "-output", str(tmp_path / "r.h5"), str(tmp_path / "list.txt")])
     assert done.returncode != 0
+    # Without -threads (nor OMP_NUM_THREADS), the 2 ranks share this machine's cores.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if "OMP_NUM_THREADS" not in os.environ:
+        count = max(1, cores // 2)
+        assert f"Using {count} thread{'s' if count > 1 else ''} per process (from the {cores} cores of this machine, " \
+               "shared by 2 processes)" in done.stderr
+        assert "Data-parallel inference on 2 processes (" in done.stderr and f"), {count} thread(s) each" in \
+            done.stderr
     (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
     assert re.fullmatch(r"caffecompat classify: error: rank 1 of 2 \(pid \d+ on .*\): .*label 9 is not a class of "
                         r"the net's 4 outputs", line), line

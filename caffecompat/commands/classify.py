@@ -22,7 +22,7 @@ to the folder it was found in (as written in a list file; as given for an image
 file), each '/' a group level: `predictions/cat/001.jpg`. The names are made
 safe by `hdf5_name`: '%' becomes %25, a '.' or '..' path part %2E / %2E%2E, an
 empty part (a leading or doubled '/') is dropped, bytes that are not UTF-8 are
-%XX; a name already taken (an image given twice, or a name that is also
+%XX (and '?' in the `file` attribute and `files`); a name already taken (an image given twice, or a name that is also
 another's group) gets `#2`, `#3`, ... and, if a group is in the way, its '/'
 written %2F. Read them with h5py's `visititems`, or `f["predictions"]` level by
 level; see examples/classify/print_predictions.py.
@@ -290,7 +290,7 @@ def _classify(args: argparse.Namespace, fmt: str, group) -> int:
     names = image_folder.read_classes(args.labels) if args.labels else None
     items = collect(args.inputs, args.root, names)
     providers, _ = providers_and_device(gpu_id(args.gpu), args.allow_cpu_fallback)
-    log_threads(args, "classify.py")
+    log_threads("classify.py")
     clf = Classifier(args.model, args.weights, args.output_blob, providers)
     _, c, h, w = clf.input_shape
     mean = read_mean(args.mean_file) if args.mean_file else None
@@ -436,7 +436,7 @@ def hdf5_bytes(results: list[tuple[Item, np.ndarray]], names: list[str] | None, 
 
 
 def _utf8(text: str) -> str:
-    # Paths that are not UTF-8 (read with surrogateescape) keep their bytes as U+FFFD in HDF5's UTF-8 strings.
+    # Paths that are not UTF-8 (read with surrogateescape) have '?' for those bytes in HDF5's UTF-8 strings.
     return text.encode("utf-8", "replace").decode("utf-8") if any("\udc80" <= ch <= "\udcff" for ch in text) \
         else text
 

@@ -75,18 +75,11 @@ def apply_threads(args: argparse.Namespace) -> None:
         providers.set_threads(count)
 
 
-def log_threads(args: argparse.Namespace, where: str = "common.py:1") -> None:
+def log_threads(where: str = "common.py:1") -> None:
     """The set-up log's one line saying how many threads this process uses, and why."""
-    count = getattr(args, "threads", 0)
-    if count:
-        origin = "-threads"
-    elif providers.INTRA_OP_THREADS:
-        origin = "this machine's cores shared by the processes of the run"
-    else:
-        origin = providers.default_threads()[1]
     count = providers.threads()
-    glog.info(where, f"Using {count} thread{'s' if count != 1 else ''} per process (from {origin}) for ONNX "
-                     "Runtime and the solver's update")
+    glog.info(where, f"Using {count} thread{'s' if count != 1 else ''} per process (from "
+                     f"{providers.threads_from()}) for ONNX Runtime and the solver's update")
 
 
 def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> list[str]:

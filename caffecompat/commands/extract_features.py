@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace, blobs: list[str], outputs: list[str], batches
         if parallel.root_solver():
             glog.error("extract_features.cpp:62", "Using CPU")
     providers, _ = providers_and_device(gpu, args.allow_cpu_fallback, f"GPU {gpu}" if gpu is not None else None)
-    log_threads(args, "extract_features.py")
+    log_threads("extract_features.py")
     extract_features(args.weights, args.model, blobs, outputs, batches, kind, providers, args.overwrite)
 
 

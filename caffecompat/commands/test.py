@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     providers, device = providers_and_device(gpu_id(args.gpu), args.allow_cpu_fallback)
     glog.info("caffe.cpp:275", "Use CPU." if device == "cpu" else f"Use GPU with device ID {args.gpu}")
-    log_threads(args)
+    log_threads()
     net = read_net_prototxt(args.model)
     state = make_state(net, caffe_pb2.TRAIN if args.phase == "TRAIN" else caffe_pb2.TEST, args.level,
                        stages(args.stage))

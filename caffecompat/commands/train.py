@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace, solver_class: type, signals: Signals) -> in
         asked_by = f"{args.solver}: solver_mode: GPU (device_id {gpu})"
     providers, device = providers_and_device(gpu, args.allow_cpu_fallback, asked_by)
     glog.info("caffe.cpp:197", "Use CPU." if device == "cpu" else f"Use GPU with device ID {gpu}")
-    log_threads(args)
+    log_threads()
     if args.iterations is not None:
         if args.iterations < 0:
             raise CaffeCompatError(f"-iterations {args.iterations}: must be >= 0")

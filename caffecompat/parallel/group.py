@@ -174,7 +174,7 @@ class MpiGroup(Group):
         from caffecompat.runtime import providers
 
         if not providers.INTRA_OP_THREADS:  # -threads decides when given
-            providers.set_threads(providers.default_threads(self.local_size)[0])
+            providers.set_threads(*providers.default_threads(self.local_size))
 
     def _introduce(self, mpi) -> None:
         from caffecompat.runtime import providers

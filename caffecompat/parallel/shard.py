@@ -38,8 +38,10 @@ def start(args: argparse.Namespace, argv: Callable[[], list[str]]) -> Group | in
         return launch.supervise(argv(), processes)
     group = parallel.activate(work="inference")
     if getattr(args, "processes", 0) and args.processes != group.size:
-        raise CaffeCompatError(f"-processes {args.processes}, but mpiexec started {group.size} process(es); "
-                               "give one or the other")
+        error = CaffeCompatError(f"-processes {args.processes}, but mpiexec started {group.size} process(es); "
+                                 "give one or the other")
+        fail(group, error, f"caffecompat {argv()[0]}")  # one line for the job, not one per rank
+        raise error
     return group
 
 

@@ -65,6 +65,7 @@ def resolve(gpu: int | None, allow_cpu_fallback: bool = False, asked_by: str | N
 # Threads each session (and the solver's update) may use, set by -threads or by a multi-process run
 # (caffecompat.parallel, which splits the machine's cores between its processes); 0: `default_threads()`.
 INTRA_OP_THREADS = 0
+_THREADS_FROM = ""  # where INTRA_OP_THREADS came from, for the set-up log
 
 
 def machine_cores() -> int:
@@ -94,12 +95,17 @@ def threads() -> int:
     return INTRA_OP_THREADS or default_threads()[0]
 
 
-def set_threads(count: int) -> None:
+def threads_from() -> str:
+    """Where `threads()`'s count comes from: -threads, OMP_NUM_THREADS or the cores."""
+    return _THREADS_FROM if INTRA_OP_THREADS else default_threads()[1]
+
+
+def set_threads(count: int, origin: str = "-threads") -> None:
     """Use `count` threads in every session made from now on and in the solver's update."""
-    global INTRA_OP_THREADS
+    global INTRA_OP_THREADS, _THREADS_FROM
     if count < 1:
         raise CaffeCompatError(f"-threads {count}: must be at least 1")
-    INTRA_OP_THREADS = int(count)
+    INTRA_OP_THREADS, _THREADS_FROM = int(count), origin
 
 
 def session_options() -> ort.SessionOptions:
