@@ -89,10 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "classify", help="top-k classes of images with a deploy net and weights (pycaffe's classify.py)",
         description=(
             "Classify images with a deploy net (an Input layer) and its weights, and write each image's top-k "
-            "classes and scores as CSV or JSON. Images are read with OpenCV (BGR, 0-255, as Caffe's tools read "
-            "them), resized to -images_dim, cropped to the net's input (centre, or -oversample's 10 crops), then "
-            "(pixel - mean) * scale as Caffe's DataTransformer: use the transform_param of the net's TEST data "
-            "layer (mean_file, mean_value, scale)."),
+            "classes and scores as CSV or JSON, or every score as HDF5. Images are read with OpenCV (BGR, 0-255, "
+            "as Caffe's tools read them), resized to -images_dim, cropped to the net's input (centre, or "
+            "-oversample's 10 crops), then (pixel - mean) * scale as Caffe's DataTransformer: use the "
+            "transform_param of the net's TEST data layer (mean_file, mean_value, scale)."),
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|LIST.txt",
                    help="image files, folders (the images below them) or list files of 'path [label]' lines")
@@ -344,6 +344,7 @@ def _classify(args: argparse.Namespace, fmt: str, group) -> int:
     if fmt == "hdf5":
         outfiles.write_atomic(args.output, hdf5_bytes(results, names, k), "results file")
     else:
+        # Scores as their shortest float32 text (0.1, not 0.10000000149011612).
         text = _format([(item, top, [float(str(s[i])) for i in top]) for item, s in results
                         for top in [top_k(s, k)]], names, fmt)
         if args.output:
