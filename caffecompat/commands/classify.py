@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _classify(args, fmt, group)
     except BaseException as e:
-        shard.fail(group, e, "caffecompat classify")
+        shard.fail(group, e)
         raise
 
 
@@ -313,6 +313,7 @@ def _classify(args: argparse.Namespace, fmt: str, group) -> int:
     for j, b in enumerate(batches):
         if not shard.takes(group, j):
             continue
+        group.alive(j)
         images, kept = [], []
         for index in range(b, min(b + args.batch_size, len(items))):
             try:
@@ -335,7 +336,7 @@ def _classify(args: argparse.Namespace, fmt: str, group) -> int:
             bar.update(min(group.size, len(batches) - bar.count))
     if bar is not None:
         bar.close()
-    rows = shard.in_order(shard.gather(group, mine, "the scores of every rank's images"))
+    rows = shard.in_order(shard.gather(group, mine, "the gathering of every rank's scores"))
     if not group.root:
         return 0
     seconds = time.monotonic() - start

@@ -101,8 +101,11 @@ def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, comm
 
 
 def add_processes_flag(parser: argparse.ArgumentParser, how: str) -> None:
-    """-processes N: run the command on N processes of this machine through mpiexec."""
+    """-processes N: run the command on N processes of this machine through mpiexec; -mpi_timeout."""
     flag(parser, "processes", type=int, default=0, metavar="N",
          help=f"caffecompat extension: run on N processes of this machine, started through mpiexec ({how}; one "
               f"result, as one process writes it). Under mpiexec -n N give nothing (needs pip install "
               f"'caffecompat[mpi]')")
+    flag(parser, "mpi_timeout", type=float, default=300.0, metavar="SECONDS",
+         help="in a multi-process run, stop the job when a process has not been heard from for this long "
+              "(default 300)")

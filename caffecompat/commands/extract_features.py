@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _run(args, blobs, outputs, batches, kind, device)
     except BaseException as e:
-        shard.fail(group, e, "caffecompat extract-features")
+        shard.fail(group, e)
         raise
     return 0
 
@@ -197,11 +197,12 @@ def extract_features(weights: str, model: str, blobs: list[str], outputs: list[s
             for j in range(first, min(first + group.size, batches)):
                 feed = feeder.next_inputs()
                 if shard.takes(group, j):
+                    group.alive(j)
                     out_values = runner.run(feed, params) if runner is not None else {}
                     # Copies: the feeder may reuse its buffers for the round's next batches.
                     mine = [np.array(feed[value] if value in spec.inputs else out_values[value], np.float32)
                             for value in values]
-            for arrays in shard.gather(group, mine, "the extracted features"):
+            for arrays in shard.gather(group, mine, "the gathering of the extracted features"):
                 if arrays is None:
                     continue
                 for blob, batch, sink in zip(blobs, arrays, sinks):

@@ -58,6 +58,7 @@ class Group:
     local_rank = 0
     local_size = 1
     timeout = DEFAULT_TIMEOUT
+    program = "caffecompat train"  # who speaks in the one line of a failure
     reduce_seconds = 0.0  # wall time spent in gradient Allreduces so far
     wait_seconds = 0.0  # and waiting for the other ranks to arrive there
     reductions = 0
@@ -89,6 +90,9 @@ class Group:
 
     def finish(self) -> None:
         """Wait for every rank to be done (rank 0's final snapshot and test) before leaving."""
+
+    def arrive(self, what: str) -> None:
+        """Wait for every rank to reach this point (`what` names it), giving up on a silent one."""
 
 
 def join(timeout: float = DEFAULT_TIMEOUT, work: str = "training") -> Group:
@@ -251,6 +255,9 @@ class MpiGroup(Group):
     def finish(self) -> None:
         self._wait(self.comm.Ibarrier(), "the end of training (rank 0's last snapshot and test)", -1)
 
+    def arrive(self, what: str) -> None:
+        self._wait(self.comm.Ibarrier(), what, -1)
+
     # -- liveness ---------------------------------------------------------------------
     def alive(self, iteration: int) -> None:
         self._drain()
@@ -299,20 +306,21 @@ class MpiGroup(Group):
                                    f"{' '.join(e.Get_error_string().split())}") from None
 
     def _silence(self, silent: list[int], what: str, iteration: int, now: float) -> str:
+        step = "iteration" if self.work == "training" else "batch"  # what alive() counts
         last = "; ".join(
             f"rank {r} last seen {now - self._heard[r]:.0f} s ago"
-            + (f" at iteration {self._heard_at[r]}" if self._heard_at[r] >= 0 else " (not since start-up)")
+            + (f" at {step} {self._heard_at[r]}" if self._heard_at[r] >= 0 else " (not since start-up)")
             for r in silent)
-        at = f" at iteration {iteration}" if iteration >= 0 else ""
+        at = f" at {step} {iteration}" if iteration >= 0 else ""
         return (f"waited {self.timeout:g} s during {what}{at} for {last}: it died or hangs (killed, out of "
                 f"memory, or stuck reading data); stopping the job (-mpi_timeout sets the wait)")
 
     # -- failure ----------------------------------------------------------------------
-    def fail(self, error: BaseException, program: str = "caffecompat train") -> NoReturn:
+    def fail(self, error: BaseException) -> NoReturn:
         """Stop every rank because this one failed: one line naming the rank and the cause, exit status 1."""
-        self.stop_job(describe_error(error), program)
+        self.stop_job(describe_error(error))
 
-    def stop_job(self, message: str, program: str = "caffecompat train") -> NoReturn:
+    def stop_job(self, message: str, program: str | None = None) -> NoReturn:
         """Print `message` for this rank (or hand it to the -processes launcher), then end every rank, status 1."""
         where = f"rank {self.rank} of {self.size} (pid {os.getpid()} on {self.host})"
         if self.rank:
@@ -321,7 +329,7 @@ class MpiGroup(Group):
         if self.status_dir:
             _write(Path(self.status_dir) / f"rank-{self.rank}.error", f"{where}: {message}\n")
         else:
-            sys.stderr.write(f"{program}: error: {where}: {message}\n")
+            sys.stderr.write(f"{program or self.program}: error: {where}: {message}\n")
         sys.stderr.flush()
         sys.stdout.flush()
         # The launcher relays our output asynchronously: let it pass the line on before the abort tears down.
