@@ -10,17 +10,22 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
 from caffecompat.cli import main
 from caffecompat.formats.blob import read_binaryproto
 from tests.cli_run import run_cli
+from tests.mpi_run import mpiexec_or_skip, run_one, run_ranks
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models" / "shapes"
@@ -168,3 +173,210 @@ def test_a_training_net_is_refused(work, capsys):
     assert main(["classify", "-model", str(work / "train_val.prototxt"), "-weights",
                  str(work / "shapes_iter_50.caffemodel"), "x.png"]) == 1
     assert "classify needs a deploy net whose one input is an Input layer" in capsys.readouterr().err
+
+
+# -- HDF5 results -------------------------------------------------------------------------------
+
+def _classify_to(work: Path, out: Path, *args: str) -> str:
+    rc, log = run_cli(["classify", "-model", str(work / "deploy.prototxt"), "-weights",
+                       str(work / "shapes_iter_50.caffemodel"), "-output", str(out), *args])
+    assert rc == 0, log[-2000:]
+    return log
+
+
+def _per_image(path: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    found = {}
+    with h5py.File(path, "r") as f:
+        f["predictions"].visititems(lambda name, obj: found.__setitem__(name, (obj[()], dict(obj.attrs)))
+                                    if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+VAL = ["-mean_file", "mean.binaryproto", "-scale", str(SCALE), "-root", "images/", "-labels", "images/labels.txt",
+       "-top_k", "3", "images/val.txt", "-batch_size", "7"]
+
+
+def test_hdf5_results_hold_the_csv_numbers_per_image_and_as_arrays(work, monkeypatch):
+    monkeypatch.chdir(work)
+    _classify_to(work, work / "val.csv", *VAL)
+    _classify_to(work, work / "val.h5", *VAL)
+    _classify_to(work, work / "val.out", "-format", "hdf5", *VAL)
+    assert (work / "val.h5").read_bytes() == (work / "val.out").read_bytes()
+    rows = list(csv.DictReader((work / "val.csv").read_text().splitlines()))
+    names = (work / "images/labels.txt").read_text().split()
+    listed = [line.split()[0] for line in (work / "images/val.txt").read_text().splitlines()]
+    with h5py.File(work / "val.h5", "r") as f:
+        scores = f["scores"][()]
+        assert scores.dtype == np.float32 and scores.shape == (100, len(names))
+        assert [x.decode() for x in f["files"][()]] == [r["image"] for r in rows]
+        assert [x.decode() for x in f["labels"][()]] == names
+        assert list(f["true_labels"][()]) == [int(r["label"]) for r in rows]
+        top, top_scores = f["top_classes"][()], f["top_scores"][()]
+    assert top.shape == (100, 3)
+    for i, r in enumerate(rows):
+        assert list(top[i]) == [int(r[f"class_{k}"]) for k in (1, 2, 3)]
+        # The CSV's scores are float32 values to 6 significant digits.
+        np.testing.assert_allclose(top_scores[i], [float(r[f"score_{k}"]) for k in (1, 2, 3)], rtol=1e-5, atol=1e-7)
+        assert list(top_scores[i]) == list(scores[i][top[i]])
+    per_image = _per_image(work / "val.h5")
+    # One dataset per image, named by its path as listed in val.txt (val/circle_0001.png -> group val).
+    assert sorted(per_image) == sorted(listed)
+    for name, (values, attrs) in per_image.items():
+        i = int(attrs["index"])
+        assert attrs["file"] == rows[i]["image"] == "images/" + name
+        assert int(attrs["label"]) == int(rows[i]["label"])
+        assert np.array_equal(values, scores[i])
+
+
+def test_print_predictions_agrees_with_classify_accuracy(work, monkeypatch):
+    monkeypatch.chdir(work)
+    log = _classify_to(work, work / "acc.h5", *VAL)
+    (expected,) = re.findall(r"classify.py\] accuracy = (\S+ \(\d+/\d+ labelled images\))", log)
+    done = subprocess.run([sys.executable, str(REPO / "examples/classify/print_predictions.py"), str(work / "acc.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == f"accuracy = {expected}"
+    assert len(lines) == 101 and lines[0].startswith("images/val/")
+
+
+def test_hdf5_names_are_safe_and_unique(work, tmp_path, monkeypatch):
+    src = sorted((work / "images" / "val").iterdir())
+    odd = tmp_path / "in" / "50% off" / "weird name.png"
+    odd.parent.mkdir(parents=True)
+    shutil.copy(src[0], odd)
+    (tmp_path / "list.txt").write_text(f"{src[1]}\n./{src[2].name}\n{src[1]}\n")
+    shutil.copy(src[2], tmp_path / src[2].name)
+    out = tmp_path / "r.hdf5"
+    monkeypatch.chdir(tmp_path)
+    _classify_to(work, out, "-mean_value", "128", str(tmp_path / "in"), "list.txt")
+    found = _per_image(out)
+    first = str(src[1]).lstrip("/")
+    assert sorted(found) == sorted(["50%25 off/weird name.png", first, f"%2E/{src[2].name}", first + "#2"])
+    assert found["50%25 off/weird name.png"][1]["file"] == str(odd)
+    assert found[first + "#2"][1]["index"] == 3
+    assert np.array_equal(found[first][0], found[first + "#2"][0])
+
+
+def test_hdf5_name_mapping():
+    from caffecompat.commands.classify import hdf5_name
+
+    assert hdf5_name("cat/001.jpg") == "cat/001.jpg"
+    assert hdf5_name("/abs//x.png") == "abs/x.png"
+    assert hdf5_name("../a/./b%.png") == "%2E%2E/a/%2E/b%25.png"
+    assert hdf5_name(b"caf\xe9.png".decode("utf-8", "surrogateescape")) == "caf%E9.png"
+    assert hdf5_name("caf\u00e9 \u732b.png") == "caf\u00e9 \u732b.png"
+
+
+@pytest.mark.parametrize("output, extra, message", [
+    ("r.xyz", [], r"unknown output format '\.xyz': use \.csv, \.txt, \.json, \.h5/\.hdf5, or -format"),
+    ("r.h5", ["-format", "csv"], r"names a hdf5 file but -format is csv"),
+    ("", ["-format", "hdf5"], r"-format hdf5 needs -output FILE\.h5"),
+])
+def test_output_formats_are_never_written_under_another_name(work, tmp_path, capsys, output, extra, message):
+    image = str(sorted((work / "images" / "val").iterdir())[0])
+    args = ["classify", "-model", str(work / "deploy.prototxt"), "-weights", str(work / "shapes_iter_50.caffemodel"),
+            *(["-output", str(tmp_path / output)] if output else []), *extra, image]
+    assert main(args) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert re.search(message, line), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_flag_is_logged_and_reaches_onnx_runtime(work, monkeypatch):
+    from caffecompat.runtime import providers
+
+    monkeypatch.setattr(providers, "INTRA_OP_THREADS", 0)
+    seen = []
+    real = providers.inference_session
+
+    def spy(model_bytes, providers_, options=None, **kw):
+        session = real(model_bytes, providers_, options, **kw)
+        seen.append(session.get_session_options().intra_op_num_threads)
+        return session
+
+    monkeypatch.setattr("caffecompat.runtime.forward.inference_session", spy)
+    image = str(sorted((work / "images" / "val").iterdir())[0])
+    log = _classify_to(work, work / "t.csv", "-mean_value", "128", "-threads", "1", image)
+    assert "Using 1 thread per process (from -threads)" in log
+    assert seen == [1]
+    monkeypatch.setattr(providers, "INTRA_OP_THREADS", 0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    log = _classify_to(work, work / "t.csv", "-mean_value", "128", image)
+    assert "Using 3 threads per process (from OMP_NUM_THREADS)" in log
+    assert seen == [1, 3]
+
+
+# -- sharded under MPI ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["r.h5", "r.csv"])
+def test_two_ranks_write_the_one_process_file(work, name):
+    # The same per-process thread count as the one process: ONNX Runtime's sums depend on it in the last bit.
+    args = ["classify", "-model", "deploy.prototxt", "-weights", "shapes_iter_50.caffemodel", "-threads", "1", *VAL]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        from caffecompat.runtime import providers
+
+        mp.setattr(providers, "INTRA_OP_THREADS", 0)
+        rc, log = run_cli([*args, "-output", f"one.{name}"])
+    assert rc == 0, log[-2000:]
+    done = run_ranks(2, [*args, "-output", f"two.{name}"], cwd=str(work))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (work / f"two.{name}").read_bytes() == (work / f"one.{name}").read_bytes()
+    assert "Data-parallel inference on 2 processes" in done.stderr
+    # Rank 0 alone logs the progress and the results.
+    pids = {line.split()[2] for line in done.stderr.splitlines() if "classify.py] classify [" in line
+            or "classify.py] Classified" in line}
+    assert len(pids) == 1
+    assert re.search(r"accuracy = \S+ \(\d+/100 labelled images\)", done.stderr)
+    assert not [p.name for p in work.iterdir() if ".caffecompat-tmp-" in p.name]
+
+
+def test_processes_flag_starts_the_ranks_itself(work):
+    args = ["classify", "-model", "deploy.prototxt", "-weights", "shapes_iter_50.caffemodel", "-threads", "1", *VAL]
+    mpiexec_or_skip()
+    assert run_one([*args, "-output", "p1.h5"], cwd=str(work)).returncode == 0
+    done = run_one([*args, "-output", "p3.h5", "-processes", "3"], cwd=str(work))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Starting 3 processes" in done.stderr
+    assert (work / "p3.h5").read_bytes() == (work / "p1.h5").read_bytes()
+
+
+def test_a_failing_rank_stops_the_job_with_one_line(work, tmp_path):
+    # A label past the net's 4 classes in the second batch: rank 1 reads it, the job stops, nothing is written.
+    src = sorted((work / "images" / "val").iterdir())
+    (tmp_path / "list.txt").write_text(f"{src[0]} 0\n{src[1]} 9\n")
+    done = run_ranks(2, ["classify", "-model", str(work / "deploy.prototxt"), "-weights",
+                         str(work / "shapes_iter_50.caffemodel"), "-mean_value", "128", "-batch_size", "1",
+                         "-output", str(tmp_path / "r.h5"), str(tmp_path / "list.txt")])
+    assert done.returncode != 0
+    # Without -threads (nor OMP_NUM_THREADS), the 2 ranks share this machine's cores.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if "OMP_NUM_THREADS" not in os.environ:
+        count = max(1, cores // 2)
+        assert f"Using {count} thread{'s' if count > 1 else ''} per process (from the {cores} cores of this machine, " \
+               "shared by 2 processes)" in done.stderr
+        assert "Data-parallel inference on 2 processes (" in done.stderr and f"), {count} thread(s) each" in \
+            done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
+    assert re.fullmatch(r"caffecompat classify: error: rank 1 of 2 \(pid \d+ on .*\): .*label 9 is not a class of "
+                        r"the net's 4 outputs", line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.txt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+def test_a_hung_rank_is_named_and_the_job_stops_after_the_timeout(work, tmp_path):
+    # Batch 1 is a named pipe no one writes to: the rank reading it hangs in open(); rank 0 waits for it.
+    os.mkfifo(tmp_path / "hang.png")
+    src = sorted((work / "images" / "val").iterdir())
+    (tmp_path / "list.txt").write_text(f"{src[0]}\n{tmp_path / 'hang.png'}\n{src[1]}\n")
+    done = run_ranks(2, ["classify", "-model", str(work / "deploy.prototxt"), "-weights",
+                         str(work / "shapes_iter_50.caffemodel"), "-mean_value", "128", "-batch_size", "1",
+                         "-mpi_timeout", "2", "-output", str(tmp_path / "r.h5"), str(tmp_path / "list.txt")],
+                     timeout=60)
+    assert done.returncode != 0
+    (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
+    assert re.fullmatch(r"caffecompat classify: error: rank 0 of 2 \(pid \d+ on .*\): waited 2 s during the "
+                        r"gathering of every rank's scores for rank 1 last seen \d+ s ago at batch 1: it died or "
+                        r"hangs .*\(-mpi_timeout sets the wait\)", line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hang.png", "list.txt"]

@@ -181,3 +181,74 @@ def test_net_without_data_layers_is_warned_about(golden, tmp_path):
                        str(tmp_path / "f.npy"), "1", "npy"])
     assert rc == 0
     assert "layer 'data' (Input) has no data source: its tops stay zero, as in Caffe" in log
+
+
+# -- sharded under MPI ----------------------------------------------------------------------------
+
+def _seven_items(golden: Path, tmp_path: Path) -> tuple[Path, str]:
+    """resnet_block on an HDF5Data layer of 7 distinct items (labels 0..6), 2 per batch: each pass differs."""
+    model = net_on_hdf5(golden, "resnet_block", tmp_path, label=True)
+    x = read_binaryproto(golden / "forward" / "resnet_block" / "input.binaryproto")
+    rng = np.random.default_rng(3)
+    with h5py.File(tmp_path / "input.h5", "w") as f:
+        f["data"] = rng.standard_normal((7, *x.shape[1:])).astype(np.float32)
+        f["label"] = np.arange(7, dtype=np.float32)
+    net = caffe_pb2.NetParameter()
+    text_format.Parse(model.read_text(), net)
+    next(lp for lp in net.layer if lp.type == "HDF5Data").hdf5_data_param.batch_size = 2
+    model.write_text(text_format.MessageToString(net))
+    blob = [b for b in golden_blobs(golden / "forward" / "resnet_block") if b != "data"][-1]
+    return model, blob
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "hdf5"])
+def test_two_ranks_write_the_one_process_outputs(golden, tmp_path, kind):
+    from tests.mpi_run import run_one, run_ranks
+
+    model, blob = _seven_items(golden, tmp_path)
+    weights = str(golden / "forward" / "resnet_block" / "weights.caffemodel")
+
+    def outs(tag: str) -> list[str]:
+        return [str(tmp_path / f"{tag}_{b}") + (".h5" if kind == "hdf5" else "") for b in (blob, "label")]
+
+    def args(tag: str) -> list[str]:  # 5 passes over 2 ranks: rank 0 runs 3, rank 1 runs 2
+        return ["extract-features", weights, str(model), f"{blob},label", ",".join(outs(tag)), "5", kind,
+                "-threads", "1"]
+
+    one = run_one(args("one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_ranks(2, args("two"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    three = run_one([*args("three"), "-processes", "3"])
+    assert three.returncode == 0, three.stderr[-2000:]
+    assert two.stderr.count("Successfully extracted the features!") == 1
+    assert two.stderr.count("Extracting Features") == 1
+    for a, b, c in zip(outs("one"), outs("two"), outs("three")):
+        if kind == "lmdb":
+            assert [(k, d.SerializeToString()) for k, d in read_lmdb(Path(b))] == \
+                [(k, d.SerializeToString()) for k, d in read_lmdb(Path(a))]
+            a, b, c = (str(Path(p) / "data.mdb") for p in (a, b, c))
+        assert Path(b).read_bytes() == Path(a).read_bytes() == Path(c).read_bytes()
+    # In input order: the labels of passes 0..4 over the 7 items, 2 at a time.
+    if kind == "lmdb":
+        labels = [d.float_data[0] for _, d in read_lmdb(Path(outs("two")[1]))]
+    else:
+        with h5py.File(outs("two")[1]) as f:
+            labels = list(f["label"][()])
+    assert labels == [i % 7 for i in range(10)]
+    assert not [p.name for p in tmp_path.iterdir() if ".caffecompat-tmp-" in p.name]
+
+
+def test_a_rank_that_fails_stops_the_job_and_leaves_nothing(golden, tmp_path):
+    from tests.mpi_run import run_ranks
+
+    model, blob = _seven_items(golden, tmp_path)
+    (tmp_path / "taken.h5").write_bytes(b"keep me")
+    done = run_ranks(2, ["extract-features", str(golden / "forward" / "resnet_block" / "weights.caffemodel"),
+                         str(model), f"{blob},label", f"{tmp_path}/new.h5,{tmp_path}/taken.h5", "3", "hdf5"])
+    assert done.returncode != 0
+    (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
+    assert re.fullmatch(r"caffecompat extract-features: error: rank 0 of 2 \(pid \d+ on .*\): .*taken.h5 already "
+                        r"exists; choose another name or pass -overwrite to replace it", line), line
+    assert (tmp_path / "taken.h5").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.h5", "input_list.txt", "net.prototxt", "taken.h5"]

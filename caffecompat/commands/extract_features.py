@@ -6,6 +6,11 @@
 The net is built in the TEST phase with the weights copied by layer name, run
 forward NUM_MINI_BATCHES times on its own data layers, and each named blob's
 items go to its database (see caffecompat.data.feature_writer for the format).
+
+Under `mpiexec -n N` (or with -processes N) the forward passes are shared:
+pass j runs on rank j mod N (every rank reads every batch, so each sees its
+batches as one process would), and rank 0 gathers each round of N passes and
+writes them, in order: the outputs are those of one process.
 """
 
 from __future__ import annotations
@@ -14,14 +19,24 @@ import argparse
 
 import numpy as np
 
-from caffecompat import glog
-from caffecompat.commands.common import add_proto_flag, flag, providers_and_device
+from caffecompat import glog, parallel
+from caffecompat.commands.common import (
+    add_processes_flag,
+    add_proto_flag,
+    add_threads_flag,
+    apply_threads,
+    command_line,
+    flag,
+    log_threads,
+    providers_and_device,
+)
 from caffecompat.data import db as dbs
 from caffecompat.data.feature_writer import FORMATS, ArrayFile, DatumSink, legacy_shape
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.net.state import make_state
 from caffecompat.net.weights import init_params, load_caffemodel
+from caffecompat.parallel import shard
 from caffecompat.progress import Progress
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.feeder import build_with_data
@@ -53,7 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     flag(p, "allow_cpu_fallback", action="store_true",
          help="with GPU, run on the CPU when CUDA is not available instead of stopping")
     add_proto_flag(p)
+    add_threads_flag(p)
+    add_processes_flag(p, "the forward passes are shared between them")
     p.set_defaults(func=run)
+    global _parser
+    _parser = p
+
+
+_parser: argparse.ArgumentParser | None = None
 
 
 def _count(value: str) -> int:
@@ -86,6 +108,20 @@ def run(args: argparse.Namespace) -> int:
     if kind in ("lmdb", "leveldb") and len(set(outputs)) != len(outputs):
         raise CaffeCompatError(f"{kind}: give each blob its own database name")
     device = args.device.upper()
+    apply_threads(args)
+    group = shard.start(args, lambda: command_line(_parser, args, "extract-features"))
+    if isinstance(group, int):  # -processes N: this process started the ranks and watched them
+        return group
+    try:
+        _run(args, blobs, outputs, batches, kind, device)
+    except BaseException as e:
+        shard.fail(group, e)
+        raise
+    return 0
+
+
+def _run(args: argparse.Namespace, blobs: list[str], outputs: list[str], batches: int, kind: str,
+         device: str) -> None:
     if device not in ("CPU", "GPU"):
         raise CaffeCompatError(f"{args.device!r}: expected CPU or GPU (then optionally a DEVICE_ID)")
     if device == "GPU":
@@ -95,20 +131,24 @@ def run(args: argparse.Namespace) -> int:
             raise CaffeCompatError(f"DEVICE_ID {args.device_id!r}: expected a device id such as 0") from None
         if gpu < 0:
             raise CaffeCompatError(f"DEVICE_ID {gpu}: device ids start at 0")
-        glog.error("extract_features.cpp:52", "Using GPU")
-        glog.error("extract_features.cpp:58", f"Using Device_id={gpu}")
+        if parallel.root_solver():  # the other ranks keep to warnings and real errors
+            glog.error("extract_features.cpp:52", "Using GPU")
+            glog.error("extract_features.cpp:58", f"Using Device_id={gpu}")
     else:
         gpu = None
-        glog.error("extract_features.cpp:62", "Using CPU")
+        if parallel.root_solver():
+            glog.error("extract_features.cpp:62", "Using CPU")
     providers, _ = providers_and_device(gpu, args.allow_cpu_fallback, f"GPU {gpu}" if gpu is not None else None)
+    log_threads("extract_features.py")
     extract_features(args.weights, args.model, blobs, outputs, batches, kind, providers, args.overwrite)
-    return 0
 
 
 def extract_features(weights: str, model: str, blobs: list[str], outputs: list[str], batches: int, kind: str,
                      providers: list | None = None, overwrite: bool = False, progress: bool = True) -> list[int]:
     """Run `model` (TEST phase, `weights`) `batches` times and write each blob to its output; returns the
-    number of items written per blob."""
+    number of items written per blob. In a multi-process run (caffecompat.parallel) the passes are shared
+    between the ranks and rank 0 writes; the others return no counts."""
+    group = parallel.current()
     net = read_net_prototxt(model)
     state = make_state(net, caffe_pb2.TEST)
     rng = np.random.default_rng(0)
@@ -135,6 +175,8 @@ def extract_features(weights: str, model: str, blobs: list[str], outputs: list[s
             for blob, value in zip(blobs, values):
                 legacy_shape(spec.shapes[value], blob)  # a Datum holds at most 4 axes: refuse before writing
         for blob, value, out in zip(blobs, values, outputs):
+            if not group.root:
+                break  # rank 0 alone writes
             glog.info("extract_features.cpp:125", f"Opening dataset {out}")
             if kind in ("lmdb", "leveldb"):
                 sinks.append(DatumSink(out, kind, blob, overwrite))
@@ -146,23 +188,36 @@ def extract_features(weights: str, model: str, blobs: list[str], outputs: list[s
                 per_batch = shape[0] if shape else 1
                 files[out].allocate(blob, batches * per_batch, tuple(shape[1:]))
                 sinks.append(files[out])
-        glog.error("extract_features.cpp:133", "Extracting Features")
-        bar = Progress("extract-features", batches, unit="batches") if progress else None
-        for _ in range(batches):
-            feed = feeder.next_inputs()
-            out_values = runner.run(feed, params) if runner is not None else {}
-            for blob, value, sink in zip(blobs, values, sinks):
-                batch = np.asarray(feed[value] if value in spec.inputs else out_values[value], np.float32)
-                if isinstance(sink, DatumSink):
-                    if sink.add(batch) and (bar is None or not bar.tty):
-                        glog.error("extract_features.cpp:165", f"Extracted features of {sink.count} query images "
-                                                               f"for feature blob {blob}")
-                else:
-                    sink.add(blob, batch)
-            if bar is not None:
-                bar.update()
+        if group.root:
+            glog.error("extract_features.cpp:133", "Extracting Features")
+        bar = Progress("extract-features", batches, unit="batches") if progress and group.root else None
+        for first in range(0, batches, group.size):
+            # One round: a pass per rank (each reads every batch of the round, and runs its own).
+            mine = None
+            for j in range(first, min(first + group.size, batches)):
+                feed = feeder.next_inputs()
+                if shard.takes(group, j):
+                    group.alive(j)
+                    out_values = runner.run(feed, params) if runner is not None else {}
+                    # Copies: the feeder may reuse its buffers for the round's next batches.
+                    mine = [np.array(feed[value] if value in spec.inputs else out_values[value], np.float32)
+                            for value in values]
+            for arrays in shard.gather(group, mine, "the gathering of the extracted features"):
+                if arrays is None:
+                    continue
+                for blob, batch, sink in zip(blobs, arrays, sinks):
+                    if isinstance(sink, DatumSink):
+                        if sink.add(batch) and (bar is None or not bar.tty):
+                            glog.error("extract_features.cpp:165", f"Extracted features of {sink.count} query "
+                                                                   f"images for feature blob {blob}")
+                    else:
+                        sink.add(blob, batch)
+                if bar is not None:
+                    bar.update()
         if bar is not None:
             bar.close()
+        if not group.root:
+            return []
         counts = []
         for blob, sink in zip(blobs, list(sinks)):
             if isinstance(sink, DatumSink):

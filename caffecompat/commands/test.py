@@ -7,7 +7,17 @@ import argparse
 import numpy as np
 
 from caffecompat import glog
-from caffecompat.commands.common import add_gpu_flags, add_proto_flag, flag, gpu_id, providers_and_device, stages
+from caffecompat.commands.common import (
+    add_gpu_flags,
+    add_proto_flag,
+    add_threads_flag,
+    apply_threads,
+    flag,
+    gpu_id,
+    log_threads,
+    providers_and_device,
+    stages,
+)
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.net.state import make_state
@@ -34,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     flag(p, "phase", default="TEST", choices=["TRAIN", "TEST"],
          help="the net's phase (default TEST); BVLC's caffe test accepts -phase but always scores in TEST")
     add_gpu_flags(p)
+    add_threads_flag(p)
     add_proto_flag(p)
     flag(p, "level", type=int, default=0, help="the net's level (default 0)")
     flag(p, "stage", default="", metavar="STAGES", help="comma-separated stages")
@@ -44,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     """Score the model."""
     if args.iterations < 1:
         raise CaffeCompatError(f"-iterations {args.iterations}: must be at least 1")
+    apply_threads(args)
     providers, device = providers_and_device(gpu_id(args.gpu), args.allow_cpu_fallback)
     glog.info("caffe.cpp:275", "Use CPU." if device == "cpu" else f"Use GPU with device ID {args.gpu}")
+    log_threads()
     net = read_net_prototxt(args.model)
     state = make_state(net, caffe_pb2.TRAIN if args.phase == "TRAIN" else caffe_pb2.TEST, args.level,
                        stages(args.stage))

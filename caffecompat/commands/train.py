@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 
 from caffecompat import glog, parallel
-from caffecompat.commands.common import add_gpu_flags, add_proto_flag, flag, providers_and_device, stages
+from caffecompat.commands.common import (
+    add_gpu_flags,
+    add_proto_flag,
+    add_threads_flag,
+    apply_threads,
+    command_line,
+    flag,
+    log_threads,
+    providers_and_device,
+    stages,
+)
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.solver import read_solver_prototxt
 from caffecompat.proto import caffe_pb2
@@ -26,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     flag(p, "snapshot", default="", metavar="FILE", help="a .solverstate to resume training from")
     add_gpu_flags(p, several=True)
     add_proto_flag(p)
+    add_threads_flag(p)
     flag(p, "iterations", type=int, default=None, metavar="N",
          help="caffecompat extension: stop at iteration N instead of the solver's max_iter")
     flag(p, "level", type=int, default=0, help="the net's level, for include/exclude rules (default 0)")
@@ -57,15 +68,7 @@ _parser: argparse.ArgumentParser | None = None
 def _command_line(args: argparse.Namespace) -> list[str]:
     """`train` and the flags given (those not at their defaults), for the processes -processes starts."""
     assert _parser is not None
-    line = ["train"]
-    for action in _parser._actions:
-        value = getattr(args, action.dest, action.default)
-        # Hidden actions (gflags' -noFLAG spellings) repeat a flag already passed on.
-        if not action.option_strings or action.dest == "help" or action.help == argparse.SUPPRESS \
-                or value == action.default:
-            continue
-        line += [action.option_strings[0]] if action.nargs == 0 else [action.option_strings[0], str(value)]
-    return line
+    return command_line(_parser, args, "train")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if processes > 1 and parallel.launched_size() in (None, 1):
         launch.check_devices(launch.gpu_list(args.gpu), args.gpu, args.allow_cpu_fallback)
         return launch.supervise(_command_line(args), processes)
+    apply_threads(args)
     group = parallel.activate(args.mpi_timeout)
     if args.processes and args.processes != group.size:
         raise CaffeCompatError(f"-processes {args.processes}, but mpiexec started {group.size} process(es); "
@@ -132,6 +136,7 @@ def _train(args: argparse.Namespace, solver_class: type, signals: Signals) -> in
         asked_by = f"{args.solver}: solver_mode: GPU (device_id {gpu})"
     providers, device = providers_and_device(gpu, args.allow_cpu_fallback, asked_by)
     glog.info("caffe.cpp:197", "Use CPU." if device == "cpu" else f"Use GPU with device ID {gpu}")
+    log_threads()
     if args.iterations is not None:
         if args.iterations < 0:
             raise CaffeCompatError(f"-iterations {args.iterations}: must be >= 0")

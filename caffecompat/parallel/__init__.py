@@ -101,17 +101,18 @@ def launched_size() -> int | None:
     return None
 
 
-def activate(timeout: float | None = None):
+def activate(timeout: float | None = None, work: str = "training"):
     """The process group of this run (created once): MPI when an MPI launcher started several processes.
 
     Returns a `caffecompat.parallel.group.Group`; a single process gets one whose collectives do nothing.
-    `timeout`: seconds a rank waits for a silent peer before stopping the job (default 300).
+    `timeout`: seconds a rank waits for a silent peer before stopping the job (default 300); `work`: what
+    the ranks do together, for the set-up log.
     """
     global _group
     if _group is None:
         from caffecompat.parallel import group
 
-        _group = group.join(group.DEFAULT_TIMEOUT if timeout is None else timeout)
+        _group = group.join(group.DEFAULT_TIMEOUT if timeout is None else timeout, work)
     return _group
 
 

@@ -58,6 +58,7 @@ class Group:
     local_rank = 0
     local_size = 1
     timeout = DEFAULT_TIMEOUT
+    program = "caffecompat train"  # who speaks in the one line of a failure
     reduce_seconds = 0.0  # wall time spent in gradient Allreduces so far
     wait_seconds = 0.0  # and waiting for the other ranks to arrive there
     reductions = 0
@@ -90,9 +91,14 @@ class Group:
     def finish(self) -> None:
         """Wait for every rank to be done (rank 0's final snapshot and test) before leaving."""
 
+    def arrive(self, what: str) -> None:
+        """Wait for every rank to reach this point (`what` names it), giving up on a silent one."""
 
-def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
-    """The group of this process: MPI's world when a launcher started several processes, else a group of one."""
+
+def join(timeout: float = DEFAULT_TIMEOUT, work: str = "training") -> Group:
+    """The group of this process: MPI's world when a launcher started several processes, else a group of one.
+
+    `work` names what the ranks do together in the set-up log ("training", "inference")."""
     size = state.launched_size()
     if size is None or size == 1:
         return Group()
@@ -114,7 +120,7 @@ def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
             f"the MPI launcher started {size} processes, but the MPI library mpi4py uses "
             f"({_library(MPI)}) sees only this one: mpiexec and the library must be the same MPI; run the "
             f"mpiexec installed with it ({Path(sys.executable).parent / 'mpiexec'})")
-    return MpiGroup(MPI, world, timeout)
+    return MpiGroup(MPI, world, timeout, work)
 
 
 def _library(mpi) -> str:
@@ -124,8 +130,9 @@ def _library(mpi) -> str:
 class MpiGroup(Group):
     """Several processes over MPI: Caffe's multi-GPU solver semantics."""
 
-    def __init__(self, mpi, world, timeout: float) -> None:
+    def __init__(self, mpi, world, timeout: float, work: str = "training") -> None:
         self.MPI = mpi
+        self.work = work
         self.timeout = float(timeout)
         self.comm = world.Dup()
         self.beats = world.Dup()
@@ -170,20 +177,15 @@ class MpiGroup(Group):
         """Split this machine's cores between its ranks (ONNX Runtime's default takes them all per process)."""
         from caffecompat.runtime import providers
 
-        if providers.INTRA_OP_THREADS:
-            return
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        # A launcher that binds each rank to its own cores has split them already.
-        if cores == (os.cpu_count() or cores):
-            cores //= self.local_size
-        providers.INTRA_OP_THREADS = max(1, cores)
+        if not providers.INTRA_OP_THREADS:  # -threads decides when given
+            providers.set_threads(*providers.default_threads(self.local_size))
 
     def _introduce(self, mpi) -> None:
         from caffecompat.runtime import providers
 
         rows = self.comm.gather((self.rank, os.getpid(), self.host, self.local_rank), root=0)
         if self.root:
-            glog.info("group.py:1", f"Data-parallel training on {self.size} processes ({_library(mpi)}), "
+            glog.info("group.py:1", f"Data-parallel {self.work} on {self.size} processes ({_library(mpi)}), "
                                         f"{providers.INTRA_OP_THREADS} thread(s) each")
             for rank, pid, host, local in rows:
                 glog.info("group.py:1", f"rank {rank}: pid {pid} on {host} (local rank {local})")
@@ -253,6 +255,9 @@ class MpiGroup(Group):
     def finish(self) -> None:
         self._wait(self.comm.Ibarrier(), "the end of training (rank 0's last snapshot and test)", -1)
 
+    def arrive(self, what: str) -> None:
+        self._wait(self.comm.Ibarrier(), what, -1)
+
     # -- liveness ---------------------------------------------------------------------
     def alive(self, iteration: int) -> None:
         self._drain()
@@ -301,11 +306,12 @@ class MpiGroup(Group):
                                    f"{' '.join(e.Get_error_string().split())}") from None
 
     def _silence(self, silent: list[int], what: str, iteration: int, now: float) -> str:
+        step = "iteration" if self.work == "training" else "batch"  # what alive() counts
         last = "; ".join(
             f"rank {r} last seen {now - self._heard[r]:.0f} s ago"
-            + (f" at iteration {self._heard_at[r]}" if self._heard_at[r] >= 0 else " (not since start-up)")
+            + (f" at {step} {self._heard_at[r]}" if self._heard_at[r] >= 0 else " (not since start-up)")
             for r in silent)
-        at = f" at iteration {iteration}" if iteration >= 0 else ""
+        at = f" at {step} {iteration}" if iteration >= 0 else ""
         return (f"waited {self.timeout:g} s during {what}{at} for {last}: it died or hangs (killed, out of "
                 f"memory, or stuck reading data); stopping the job (-mpi_timeout sets the wait)")
 
@@ -314,7 +320,7 @@ class MpiGroup(Group):
         """Stop every rank because this one failed: one line naming the rank and the cause, exit status 1."""
         self.stop_job(describe_error(error))
 
-    def stop_job(self, message: str, program: str = "caffecompat train") -> NoReturn:
+    def stop_job(self, message: str, program: str | None = None) -> NoReturn:
         """Print `message` for this rank (or hand it to the -processes launcher), then end every rank, status 1."""
         where = f"rank {self.rank} of {self.size} (pid {os.getpid()} on {self.host})"
         if self.rank:
@@ -323,7 +329,7 @@ class MpiGroup(Group):
         if self.status_dir:
             _write(Path(self.status_dir) / f"rank-{self.rank}.error", f"{where}: {message}\n")
         else:
-            sys.stderr.write(f"{program}: error: {where}: {message}\n")
+            sys.stderr.write(f"{program or self.program}: error: {where}: {message}\n")
         sys.stderr.flush()
         sys.stdout.flush()
         # The launcher relays our output asynchronously: let it pass the line on before the abort tears down.

@@ -141,7 +141,8 @@ def find_mpiexec() -> str:
 
 
 def supervise(argv: list[str], processes: int) -> int:
-    """Run `caffecompat <argv>` as `processes` MPI ranks on this machine; 0, or 1 with one line on failure."""
+    """Run `caffecompat <argv>` (argv[0] the command) as `processes` MPI ranks on this machine; 0, or 1 with one
+    line on failure."""
     try:
         import mpi4py  # noqa: F401
     except ImportError:
@@ -179,7 +180,8 @@ def supervise(argv: list[str], processes: int) -> int:
     try:
         if code == 0:
             return 0
-        print(f"caffecompat train: error: {_diagnose(status, launcher, code, processes)}", file=sys.stderr)
+        print(f"caffecompat {argv[0]}: error: {_diagnose(status, launcher, code, processes, argv[0])}",
+              file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(status, ignore_errors=True)
@@ -212,7 +214,7 @@ def _rank_pids(status: Path) -> dict[int, tuple[int, str]]:
     return pids
 
 
-def _diagnose(status: Path, banner: list[str], code: int, processes: int) -> str:
+def _diagnose(status: Path, banner: list[str], code: int, processes: int, command: str = "train") -> str:
     """What went wrong: the first rank's own last words, else which process the launcher saw die and how."""
     errors = sorted(status.glob("rank-*.error"), key=lambda p: p.stat().st_mtime)
     if errors:
@@ -242,6 +244,8 @@ def _diagnose(status: Path, banner: list[str], code: int, processes: int) -> str
             who = f"rank {rank} of {processes} (pid {pid} on {host})"
         else:
             who = f"process {pid}"
+    if command != "train":  # inference writes its outputs at the end, through temporary files: nothing is left
+        return f"{who} {cause}; the launcher stopped the other ranks (no output was written)"
     # Snapshots are written both-or-neither, so the last complete one is still there to resume from.
     return f"{who} {cause}; the launcher stopped the other ranks (resume from the last snapshot with -snapshot)"
 

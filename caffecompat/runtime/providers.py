@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -61,17 +62,57 @@ def resolve(gpu: int | None, allow_cpu_fallback: bool = False, asked_by: str | N
     return ["CPUExecutionProvider"]
 
 
-# Threads each session may use (0: ONNX Runtime's default, every core); a multi-process run
-# (caffecompat.parallel) splits the machine's cores between its processes.
+# Threads each session (and the solver's update) may use, set by -threads or by a multi-process run
+# (caffecompat.parallel, which splits the machine's cores between its processes); 0: `default_threads()`.
 INTRA_OP_THREADS = 0
+_THREADS_FROM = ""  # where INTRA_OP_THREADS came from, for the set-up log
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_threads(processes_here: int = 1) -> tuple[int, str]:
+    """The thread count when none was asked for, and where it comes from (for the set-up log).
+
+    OMP_NUM_THREADS (OpenMP's per-process count) when set to a whole number >= 1; else this
+    process's cores, divided between the `processes_here` processes of the job on this machine
+    (at least 1 each) unless a launcher bound each to its own cores already.
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip().split(",")[0].strip()
+    if value.isdigit() and int(value) >= 1:
+        return int(value), "OMP_NUM_THREADS"
+    cores = machine_cores()
+    if processes_here > 1 and cores == (os.cpu_count() or cores):
+        return max(1, cores // processes_here), f"the {cores} cores of this machine, shared by {processes_here} " \
+                                                "processes"
+    return cores, f"the {cores} core{'s' if cores != 1 else ''} this process may use"
+
+
+def threads() -> int:
+    """The thread count of this process: -threads (or a multi-process run's share), else `default_threads()`."""
+    return INTRA_OP_THREADS or default_threads()[0]
+
+
+def threads_from() -> str:
+    """Where `threads()`'s count comes from: -threads, OMP_NUM_THREADS or the cores."""
+    return _THREADS_FROM if INTRA_OP_THREADS else default_threads()[1]
+
+
+def set_threads(count: int, origin: str = "-threads") -> None:
+    """Use `count` threads in every session made from now on and in the solver's update."""
+    global INTRA_OP_THREADS, _THREADS_FROM
+    if count < 1:
+        raise CaffeCompatError(f"-threads {count}: must be at least 1")
+    INTRA_OP_THREADS, _THREADS_FROM = int(count), origin
 
 
 def session_options() -> ort.SessionOptions:
-    """Session options with ORT's own logging kept to warnings and above."""
+    """Session options with ORT's own logging kept to warnings and above, on `threads()` threads."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if INTRA_OP_THREADS:
-        opts.intra_op_num_threads = INTRA_OP_THREADS
+    opts.intra_op_num_threads = threads()
     return opts
 
 

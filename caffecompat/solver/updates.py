@@ -14,7 +14,6 @@ step in the same order, so results match Caffe's to float32 rounding.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ import numpy as np
 from caffecompat import glog
 from caffecompat.errors import CaffeCompatError
 from caffecompat.proto import caffe_pb2
+from caffecompat.runtime import providers
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.lr_policy import SOLVER_TYPES, resolve_solver_type
 
@@ -300,19 +300,29 @@ _SLICE = 1 << 20  # elements per slice: below this, threads cost more than they 
 # scratch stays block-sized (1 MB) instead of slice-sized (38 MB for fc6).
 _BLOCK = 1 << 18
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="caffecompat-update")
+    global _POOL, _POOL_SIZE
+    count = providers.threads()  # -threads / OMP_NUM_THREADS / the cores, as ONNX Runtime's sessions
+    if _POOL is None or _POOL_SIZE != count:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=count, thread_name_prefix="caffecompat-update"), count
     return _POOL
+
+
+def update_threads() -> int:
+    """How many threads the update runs its slices on (`providers.threads()`, read when it runs)."""
+    _pool()
+    return _POOL_SIZE
 
 
 def _slices(p: Param) -> list[Param]:
     """`p` cut into contiguous slices of about _SLICE elements (views of the same buffers)."""
     n = p.data.size
-    count = min(n // _SLICE, (os.cpu_count() or 1) * 2)
+    count = min(n // _SLICE, providers.threads() * 2)
     if count <= 1:
         return [p]
     return _cut(p, [int(b) for b in np.linspace(0, n, count + 1)])
