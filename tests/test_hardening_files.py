@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from caffecompat import glog, outfiles
@@ -65,3 +67,104 @@ def test_our_own_temporaries_are_locked_while_written(tmp_path):
     outfiles.install_folder(db, tmp_path / "db")
     assert (tmp_path / "a.bin").read_bytes() == b"x" and (tmp_path / "db" / "data.mdb").exists()
     assert [p.name for p in tmp_path.iterdir() if outfiles.is_temp_name(p.name)] == []
+
+
+# --- convert -external_data: the model and its data file are one group ----------------------------
+
+IP_NET = """name: "ip"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 300 } }
+"""
+
+
+def _ip_weights(folder: Path, seed: int) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """The net, a caffemodel of random weights (the 300 x 4 matrix goes to external data), W and b."""
+    from caffecompat.formats.blob import array_to_blob
+    from caffecompat.formats.caffemodel import write_caffemodel
+    from caffecompat.proto import caffe_pb2
+
+    net_path = folder / "ip.prototxt"
+    net_path.write_text(IP_NET)
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(size=(300, 4)).astype(np.float32), rng.normal(size=300).astype(np.float32)
+    net = caffe_pb2.NetParameter(name="ip")
+    lp = net.layer.add(name="ip", type="InnerProduct")
+    array_to_blob(w, lp.blobs.add())
+    array_to_blob(b, lp.blobs.add())
+    path = folder / f"ip{seed}.caffemodel"
+    write_caffemodel(path, net)
+    return net_path, path, w, b
+
+
+def _check_model_computes(model: Path, w: np.ndarray, b: np.ndarray) -> None:
+    import onnxruntime as ort
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) / 7
+    got = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+    np.testing.assert_allclose(got, x @ w.T + b, rtol=1e-5, atol=1e-5)  # InnerProduct by hand
+
+
+def _data_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".data"))
+
+
+def test_failed_re_export_keeps_the_old_model_and_its_data(tmp_path, monkeypatch, capsys):
+    from caffecompat import cli
+    from caffecompat.errors import CaffeCompatError
+
+    net, old_weights, w1, b1 = _ip_weights(tmp_path, 1)
+    _, new_weights, w2, b2 = _ip_weights(tmp_path, 2)
+    out = tmp_path / "m.onnx"
+    assert cli.main(["convert", str(net), str(old_weights), str(out), "-external_data"]) == 0
+    assert _data_files(tmp_path) == ["m.onnx.data"]
+    _check_model_computes(out, w1, b1)
+    real = outfiles.write_temp
+
+    def full_disk(target, data, what="file"):  # the data fits, the model then does not
+        if str(target).endswith(".onnx"):
+            raise CaffeCompatError(f"{target}: cannot write the {what}: no space left on the device")
+        return real(target, data, what)
+
+    monkeypatch.setattr(outfiles, "write_temp", full_disk)
+    assert cli.main(["convert", str(net), str(new_weights), str(out), "-external_data"]) == 1
+    assert "no space left" in capsys.readouterr().err
+    _check_model_computes(out, w1, b1)
+    assert _data_files(tmp_path) == ["m.onnx.data"]
+    assert [p.name for p in tmp_path.iterdir() if outfiles.is_temp_name(p.name)] == []
+    # A re-export that succeeds replaces the pair and leaves one data file.
+    monkeypatch.setattr(outfiles, "write_temp", real)
+    assert cli.main(["convert", str(net), str(new_weights), str(out), "-external_data"]) == 0
+    _check_model_computes(out, w2, b2)
+    assert len(_data_files(tmp_path)) == 1
+    # And a plain (internal) export over it removes the data file nothing names any more.
+    assert cli.main(["convert", str(net), str(old_weights), str(out)]) == 0
+    _check_model_computes(out, w1, b1)
+    assert _data_files(tmp_path) == []
+
+
+KILL_AT = r"""
+import os, signal, sys
+from caffecompat import cli, outfiles
+real = getattr(outfiles, sys.argv[1])
+def killed(tmp, target, *a, **k):
+    if str(target).endswith(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(tmp, target, *a, **k)
+setattr(outfiles, sys.argv[1], killed)
+cli.main(["convert", *sys.argv[3:], "-external_data"])
+"""
+
+
+@pytest.mark.parametrize("point", [".data", ".onnx"])
+def test_kill_during_re_export_leaves_the_old_pair(tmp_path, point):
+    from caffecompat import cli
+
+    net, old_weights, w1, b1 = _ip_weights(tmp_path, 1)
+    _, new_weights, _, _ = _ip_weights(tmp_path, 2)
+    out = tmp_path / "m.onnx"
+    assert cli.main(["convert", str(net), str(old_weights), str(out), "-external_data"]) == 0
+    # kill -9 just before the data file's rename, or just before the model's (the data then in place)
+    run = subprocess.run([sys.executable, "-c", KILL_AT, "commit", point, str(net), str(new_weights), str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == -9, run.stderr[-2000:]
+    _check_model_computes(out, w1, b1)
