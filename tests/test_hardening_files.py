@@ -168,3 +168,95 @@ def test_kill_during_re_export_leaves_the_old_pair(tmp_path, point):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == -9, run.stderr[-2000:]
     _check_model_computes(out, w1, b1)
+
+
+# --- -proto: protoc sees only paths we made ------------------------------------------------------
+
+SCHEMA = """syntax = "proto2";
+message Node { optional Node child = 1; optional int32 v = 2; }
+message NetParameter { optional string name = 1; optional Node node = 2; }
+message SolverParameter { optional string net = 1; }
+"""
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def _importing(name: str) -> str:
+    return SCHEMA.replace('syntax = "proto2";', f'syntax = "proto2";\nimport "{name}";')
+
+
+@pytest.fixture
+def proto_dir(tmp_path, monkeypatch):
+    pytest.importorskip("grpc_tools", reason="grpcio-tools is not installed (the proto extra)")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "n.prototxt").write_text('name: "n"\n')
+    return tmp_path
+
+
+def test_proto_named_like_a_protoc_response_file_runs_nothing(proto_dir, capsys):
+    from caffecompat import cli
+
+    marker = proto_dir / "ran"
+    plugin = proto_dir / "plugin.sh"
+    plugin.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    plugin.chmod(0o755)
+    (proto_dir / "ok.proto").write_text(SCHEMA)
+    (proto_dir / "out").mkdir()
+    # protoc reads `@opts` as "the options in file opts"
+    (proto_dir / "opts").write_text(f"--plugin=protoc-gen-x={plugin}\n--x_out={proto_dir / 'out'}\nok.proto\n")
+    (proto_dir / "@opts").write_text(SCHEMA)
+    assert cli.main(["convert", "-proto", "./@opts", "n.prototxt", "-", "m.onnx"]) == 1
+    line = _one_error(capsys)
+    assert "-proto" not in line and "n.prototxt" in line  # @opts compiled as a schema; the net has no layers
+    assert not marker.exists()
+    (proto_dir / "@opts").write_text("not a schema")
+    assert cli.main(["convert", "-proto", "./@opts", "n.prototxt", "-", "m.onnx"]) == 1
+    line = _one_error(capsys)
+    assert "-proto @opts: protoc cannot compile it" in line and "absl" not in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["--decode_raw", "@schema.proto", "a:b=c.proto"])
+def test_proto_with_an_option_like_name_is_just_a_file(proto_dir, name):
+    from caffecompat.formats import userproto
+
+    (proto_dir / name).write_text(SCHEMA)
+    assert userproto.schema(f"./{name}").message_class("NetParameter")(name="x").name == "x"
+
+
+def test_proto_imports_stay_in_its_folder(proto_dir, capsys):
+    from caffecompat import cli
+
+    outside = proto_dir / "elsewhere"
+    outside.mkdir()
+    (outside / "other.proto").write_text('syntax = "proto2";\nmessage Other { optional int32 a = 1; }\n')
+    schema_dir = proto_dir / "schema"
+    schema_dir.mkdir()
+    (schema_dir / "link.proto").symlink_to(outside / "other.proto")
+    (schema_dir / "caffe.proto").write_text(_importing('link.proto'))
+    assert cli.main(["convert", "-proto", "schema/caffe.proto", "n.prototxt", "-", "m.onnx"]) == 1
+    assert "imports link.proto, which leads outside" in _one_error(capsys)
+    (schema_dir / "up.proto").write_text(_importing('../elsewhere/other.proto'))
+    assert cli.main(["convert", "-proto", "schema/up.proto", "n.prototxt", "-", "m.onnx"]) == 1
+    assert "protoc cannot compile it" in _one_error(capsys)
+    # The bundled descriptor protos still resolve.
+    (schema_dir / "wk.proto").write_text(_importing('google/protobuf/descriptor.proto'))
+    assert cli.main(["convert", "-proto", "schema/wk.proto", "n.prototxt", "-", "m.onnx"]) == 1
+    assert "protoc" not in _one_error(capsys)  # compiled; the net just has no layers to convert
+
+
+@pytest.mark.parametrize("depth", [20000, 300])
+def test_deeply_nested_text_of_a_recursive_schema_is_one_line(proto_dir, capsys, depth):
+    from caffecompat import cli
+
+    (proto_dir / "rec.proto").write_text(SCHEMA)
+    (proto_dir / "deep.prototxt").write_text('name: "x"\nnode ' + "{ child " * depth + "{ v: 1 }" + " }" * depth)
+    assert cli.main(["convert", "-proto", "rec.proto", "deep.prototxt", "-", "m.onnx"]) == 1
+    line = _one_error(capsys)
+    assert "deep.prototxt" in line and ("nest too deeply" in line or "field node of rec.proto" in line)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -87,6 +88,9 @@ def parse_text(text: str, cls: type[M], path: str | os.PathLike, what: str, *, s
                 detail = (f"unknown field '{field}' in {message}: {schema} has no such field; is it the "
                           "caffe.proto of the fork this file comes from?")
         raise CaffeCompatError(f"{loc}: malformed {what}: {detail}") from None
+    except RecursionError:  # a recursive -proto schema lets a text nest without end
+        raise CaffeCompatError(f"{path}: malformed {what}: its messages nest too deeply to parse "
+                               f"(over {sys.getrecursionlimit() // 4} levels); no Caffe file nests so deep") from None
     return msg
 
 
