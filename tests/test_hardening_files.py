@@ -4,8 +4,10 @@ temporaries of live writers survive sweeps, snapshot pairs never mix, HDF5 links
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,154 @@ def test_deeply_nested_text_of_a_recursive_schema_is_one_line(proto_dir, capsys,
     assert cli.main(["convert", "-proto", "rec.proto", "deep.prototxt", "-", "m.onnx"]) == 1
     line = _one_error(capsys)
     assert "deep.prototxt" in line and ("nest too deeply" in line or "field node of rec.proto" in line)
+
+
+# --- snapshot pairs: never a mix, one run per prefix -----------------------------------------------
+
+def _ip_spec(folder: Path):
+    from caffecompat.formats.net import read_net_prototxt
+    from caffecompat.net import spec as netspec
+    from caffecompat.proto import caffe_pb2
+
+    (folder / "ip.prototxt").write_text(IP_NET)
+    spec = netspec.build(read_net_prototxt(folder / "ip.prototxt"), caffe_pb2.TRAIN)
+    shapes = {n: s for node in spec.layers for n, s in zip(node.param_names, node.param_shapes)}
+    return spec, shapes
+
+
+def _write_generation(spec, shapes, model: Path, state: Path, gen: int) -> None:
+    from caffecompat.solver.snapshot import write_snapshot
+
+    values = {n: np.full(s, gen, np.float32) for n, s in shapes.items()}
+    history = [np.full(s, -gen, np.float32) for s in shapes.values()]
+    write_snapshot(str(model), str(state), spec, values, None, gen, history, 0)
+
+
+FS_STEPS = ("open", "fsync", "link", "replace", "rename", "unlink", "close")
+
+
+def test_kill_at_random_points_of_snapshot_writes_never_resumes_a_mixed_pair(tmp_path, monkeypatch):
+    import random
+    import signal
+
+    from caffecompat.errors import CaffeCompatError
+    from caffecompat.formats.blob import blob_to_array
+    from caffecompat.proto import caffe_pb2
+    from caffecompat.solver.snapshot import learned_net_of
+    from caffecompat.solver.solverstate import read_solverstate
+
+    monkeypatch.chdir(tmp_path)
+    glog.set_stream(open(os.devnull, "w"))  # noqa: SIM115 - the log of 50 writes is not the point
+    spec, shapes = _ip_spec(tmp_path)
+    model, state = Path("s_iter_5.caffemodel"), Path("s_iter_5.solverstate")
+    _write_generation(spec, shapes, model, state, 1)  # the older pair of the same names
+    rng = random.Random(19)
+    outcomes = {"new": 0, "old": 0, "refused": 0}
+    for gen in range(2, 52):
+        die_at = rng.randrange(1, 40)
+        pid = os.fork()
+        if pid == 0:  # the writer: SIGKILL at its die_at-th file-system step
+            count = [0]
+            for name in FS_STEPS:
+                real = getattr(os, name)
+
+                def step(*a, _real=real, _count=count, _at=die_at, **k):
+                    _count[0] += 1
+                    if _count[0] == _at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return _real(*a, **k)
+
+                setattr(os, name, step)
+            _write_generation(spec, shapes, model, state, gen)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        # Resume as SGDSolver::Restore does: the solverstate, then the caffemodel it names.
+        st = read_solverstate(state)
+        try:
+            weights = learned_net_of(str(state), st.learned_net)
+        except CaffeCompatError as e:
+            assert "\n" not in str(e) and "are not one snapshot" in str(e)
+            outcomes["refused"] += 1
+            continue
+        net = caffe_pb2.NetParameter.FromString(Path(weights).read_bytes())
+        assert {float(v) for b in net.layer[1].blobs for v in blob_to_array(b).ravel()} == {float(st.iteration)}
+        assert {float(v) for h in st.history for v in h.ravel()} == {-float(st.iteration)}
+        outcomes["new" if st.iteration == gen else "old"] += 1
+    assert sum(outcomes.values()) == 50
+    assert outcomes["new"] and outcomes["old"] and outcomes["refused"], outcomes
+
+
+def test_resume_from_a_mixed_pair_is_refused_in_one_line(work, capsys):
+    # A run killed between the renames beside an older pair: new caffemodel, old solverstate.
+    old = (work / "state.solverstate").read_bytes()
+    net = work / "snap" / "s_iter_2.caffemodel"
+    net.write_bytes(net.read_bytes() + b"\x00")  # another caffemodel under the name it gives
+    from caffecompat.cli import main
+
+    assert main(["train", "-solver", "solver.prototxt", "-snapshot", "state.solverstate"]) == 1
+    line = _one_error(capsys)
+    assert "state.solverstate and its learned_net snap/s_iter_2.caffemodel are not one snapshot" in line
+    assert (work / "state.solverstate").read_bytes() == old
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    from tests import fuzz
+
+    folder = tmp_path_factory.mktemp("assets")
+    fuzz.make_assets(folder)
+    return folder
+
+
+@pytest.fixture
+def work(assets, tmp_path, monkeypatch) -> Path:
+    import shutil
+
+    folder = tmp_path / "work"
+    shutil.copytree(assets, folder)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def test_a_missing_learned_net_says_where_it_looked_and_falls_back_beside_the_solverstate(work, capsys):
+    from caffecompat.cli import main
+
+    moved = work / "moved"
+    moved.mkdir()
+    (work / "state.solverstate").rename(moved / "state.solverstate")
+    (work / "snap" / "s_iter_2.caffemodel").rename(work / "lost.caffemodel")
+    assert main(["train", "-solver", "solver.prototxt", "-snapshot", "moved/state.solverstate"]) == 1
+    line = _one_error(capsys)
+    assert ("the solverstate moved/state.solverstate names learned_net 'snap/s_iter_2.caffemodel', which does "
+            "not exist (relative paths are taken from the working directory") in line
+    assert "also tried moved/s_iter_2.caffemodel" in line
+    (work / "lost.caffemodel").rename(moved / "s_iter_2.caffemodel")
+    assert main(["train", "-solver", "solver.prototxt", "-snapshot", "moved/state.solverstate",
+                 "-iterations", "3"]) == 0
+    assert "using moved/s_iter_2.caffemodel, beside the solverstate" in capsys.readouterr().err
+    assert (work / "snap" / "s_iter_3.solverstate").exists()
+
+
+def test_a_second_train_on_one_snapshot_prefix_is_refused(work, capsys):
+    from caffecompat.cli import main
+
+    text = (work / "solver.prototxt").read_text()
+    (work / "long.prototxt").write_text(re.sub(r"max_iter: \d+", "max_iter: 100000", text))
+    first = subprocess.Popen([sys.executable, "-m", "caffecompat.cli", "train", "-solver", "long.prototxt"],
+                             cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = work / "snap" / ".s.caffecompat-lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
+            time.sleep(0.05)
+        assert lock.exists(), "the first run never took its lock"
+        assert main(["train", "-solver", "solver.prototxt"]) == 1
+        line = _one_error(capsys)
+        assert f"snapshot_prefix 'snap/s' is in use by another training run (pid {first.pid} on host " in line
+        assert "give this run another snapshot_prefix" in line
+    finally:
+        first.kill()
+        first.wait()
+    # Its holder dead, the lock is free again: the kernel dropped it.
+    assert main(["train", "-solver", "solver.prototxt"]) == 0
+    assert not lock.exists()
