@@ -413,3 +413,81 @@ def test_a_second_train_on_one_snapshot_prefix_is_refused(work, capsys):
     # Its holder dead, the lock is free again: the kernel dropped it.
     assert main(["train", "-solver", "solver.prototxt"]) == 0
     assert not lock.exists()
+
+
+# --- HDF5Data: no reading outside the listed files --------------------------------------------------
+
+def _h5_source(folder: Path, name: str, top: str = "data"):
+    from caffecompat.data import make_source
+    from caffecompat.proto import caffe_pb2
+
+    (folder / "list.txt").write_text(f"{folder / name}\n")
+    lp = caffe_pb2.LayerParameter(name="h5", type="HDF5Data", top=[top])
+    lp.hdf5_data_param.source = str(folder / "list.txt")
+    lp.hdf5_data_param.batch_size = 2
+    return lambda: make_source(lp, caffe_pb2.TRAIN, np.random.default_rng(0))
+
+
+def _hostile_h5(folder: Path, kind: str) -> None:
+    import h5py
+
+    secret = folder / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    with h5py.File(folder / "other.h5", "w") as f:
+        f["x"] = np.ones((4, 2), np.float32)
+    with h5py.File(folder / "in.h5", "w") as f:
+        if kind == "external link":
+            f["data"] = h5py.ExternalLink(str(folder / "other.h5"), "/x")
+        elif kind == "soft link":
+            f["real"] = np.ones((4, 2), np.float32)
+            f["data"] = h5py.SoftLink("/real")
+        elif kind == "link in a group path":
+            f["g"] = h5py.ExternalLink(str(folder / "other.h5"), "/")
+        elif kind == "external storage":
+            f.create_dataset("data", shape=(4, 2), dtype=np.float32, external=[(str(secret), 0, 32)])
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout(shape=(4, 2), dtype=np.float32)
+            layout[:] = h5py.VirtualSource(str(folder / "other.h5"), "x", shape=(4, 2))
+            f.create_virtual_dataset("data", layout)
+        elif kind == "soft link loop":
+            f["data"] = h5py.SoftLink("/loop")
+            f["loop"] = h5py.SoftLink("/data")
+        elif kind == "external link loop":
+            f["data"] = h5py.ExternalLink(str(folder / "in.h5"), "/data")
+
+
+@pytest.mark.parametrize("kind", ["external link", "soft link", "link in a group path", "external storage",
+                                  "virtual", "soft link loop", "external link loop"])
+def test_hdf5_links_and_external_storage_are_refused(tmp_path, monkeypatch, kind):
+    from caffecompat.data import hdf5_data
+    from caffecompat.errors import CaffeCompatError
+
+    monkeypatch.delenv(hdf5_data.ALLOW_LINKS_ENV, raising=False)
+    _hostile_h5(tmp_path, kind)
+    # (a top g/x names the dataset x of group g, here reached through the link)
+    source = _h5_source(tmp_path, "in.h5", "g/x" if kind == "link in a group path" else "data")
+    with pytest.raises(CaffeCompatError) as e:
+        source()
+    assert "\n" not in str(e.value)
+    assert "which could read any file" in str(e.value) and hdf5_data.ALLOW_LINKS_ENV in str(e.value)
+
+
+@pytest.mark.parametrize("kind, rows", [("external link", 1.0), ("soft link", 1.0), ("external storage", None),
+                                        ("soft link loop", "loop"), ("external link loop", "loop")])
+def test_hdf5_links_when_allowed_are_followed_or_one_line(tmp_path, monkeypatch, kind, rows):
+    from caffecompat.data import hdf5_data
+    from caffecompat.errors import CaffeCompatError
+
+    monkeypatch.setenv(hdf5_data.ALLOW_LINKS_ENV, "1")
+    _hostile_h5(tmp_path, kind)
+    source = _h5_source(tmp_path, "in.h5")
+    if rows == "loop":
+        with pytest.raises(CaffeCompatError) as e:
+            source()
+        assert "\n" not in str(e.value) and "in.h5" in str(e.value)
+        return
+    batch = source().next_batch()[0]
+    if rows is None:  # the external raw file's floats, as Caffe would read them
+        np.testing.assert_array_equal(batch, np.arange(4, dtype=np.float32).reshape(2, 2))
+    else:
+        assert (batch == rows).all()
