@@ -133,7 +133,7 @@ class HDF5DataSource(DataSource):
             raise CaffeCompatError(f"{self.where}: cannot open HDF5 file {path}: {e}") from None
         except (KeyError, RuntimeError, TypeError) as e:  # a link loop, a link to nothing, in h5py's words
             raise CaffeCompatError(f"{self.where}: cannot read HDF5 file {path}: {' '.join(str(e).split())} "
-                                   "(a broken or looping link?)") from None
+                                   "(a damaged file, or a broken or looping link)") from None
         rows = arrays[0].shape[0]
         for top, a in zip(self.tops, arrays):
             if a.shape[0] != rows:
