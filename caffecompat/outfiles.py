@@ -417,7 +417,8 @@ def write_atomic_group(items: Sequence[tuple[str | os.PathLike, Data]], what: st
     Every temporary file is written and synced first (a failure there touches no
     target), then each existing target gets a hard-link backup, then the renames
     run in order; when one of them fails, the targets already renamed get their
-    old files back (or are removed where there was none). A kill between two
+    old files back (or are removed where there was none; where the file system
+    has no hard links, an old file cannot be put back). A kill between two
     renames cannot be undone this way: when that matters, put last a file that
     names the others, so that it is the group's commit point.
     """
@@ -429,10 +430,8 @@ def write_atomic_group(items: Sequence[tuple[str | os.PathLike, Data]], what: st
         for target, _ in items:
             try:
                 backups.append(backup_link(target))
-            except OSError as e:
-                raise CaffeCompatError(f"{target}: cannot write the {what}: cannot keep the old file while "
-                                       f"the new group is installed: {os_reason(e, _folder(Path(target)))}; "
-                                       "the existing files are unchanged") from None
+            except OSError:  # no hard links here (FAT, some shares): the group's last file stays its commit point
+                backups.append(None)
     except BaseException:
         for t in temps + [b for b in backups if b is not None]:
             discard(t)

@@ -51,6 +51,7 @@ def test_sweep_keeps_a_live_writers_temporary_whatever_its_pid(tmp_path, capsys,
     finally:
         writer.kill()
         writer.wait()
+        writer.stdout.close()
     # Its writer gone, the lock is free: the next sweep removes it, and says so.
     assert outfiles.sweep_stale(tmp_path, once=False) == [tmp]
     assert f"Removed {tmp}, a temporary file left by caffecompat process {fake}" in capsys.readouterr().err
@@ -288,7 +289,12 @@ def _write_generation(spec, shapes, model: Path, state: Path, gen: int) -> None:
 FS_STEPS = ("open", "fsync", "link", "replace", "rename", "unlink", "close")
 
 
-def test_kill_at_random_points_of_snapshot_writes_never_resumes_a_mixed_pair(tmp_path, monkeypatch):
+def kill_loop(folder: str) -> dict[str, int]:
+    """50 snapshot writes over one pair, each SIGKILLed at a random file-system step, each then resumed.
+
+    Run in a process of its own (test below): it forks one writer per write and
+    wants no other threads of the test session around when it does.
+    """
     import random
     import signal
 
@@ -298,43 +304,59 @@ def test_kill_at_random_points_of_snapshot_writes_never_resumes_a_mixed_pair(tmp
     from caffecompat.solver.snapshot import learned_net_of
     from caffecompat.solver.solverstate import read_solverstate
 
-    monkeypatch.chdir(tmp_path)
-    glog.set_stream(open(os.devnull, "w"))  # noqa: SIM115 - the log of 50 writes is not the point
-    spec, shapes = _ip_spec(tmp_path)
+    os.chdir(folder)
+    spec, shapes = _ip_spec(Path(folder))
     model, state = Path("s_iter_5.caffemodel"), Path("s_iter_5.solverstate")
-    _write_generation(spec, shapes, model, state, 1)  # the older pair of the same names
-    rng = random.Random(19)
-    outcomes = {"new": 0, "old": 0, "refused": 0}
-    for gen in range(2, 52):
-        die_at = rng.randrange(1, 40)
-        pid = os.fork()
-        if pid == 0:  # the writer: SIGKILL at its die_at-th file-system step
-            count = [0]
-            for name in FS_STEPS:
-                real = getattr(os, name)
+    with open(os.devnull, "w") as quiet:
+        glog.set_stream(quiet)  # the log of 50 writes is not the point
+        _write_generation(spec, shapes, model, state, 1)  # the older pair of the same names
+        rng = random.Random(19)
+        outcomes = {"new": 0, "old": 0, "refused": 0}
+        for gen in range(2, 52):
+            die_at = rng.randrange(1, 40)
+            pid = os.fork()
+            if pid == 0:  # the writer: SIGKILL at its die_at-th file-system step
+                count = [0]
+                for name in FS_STEPS:
+                    real = getattr(os, name)
 
-                def step(*a, _real=real, _count=count, _at=die_at, **k):
-                    _count[0] += 1
-                    if _count[0] == _at:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return _real(*a, **k)
+                    def step(*a, _real=real, _count=count, _at=die_at, **k):
+                        _count[0] += 1
+                        if _count[0] == _at:
+                            os.kill(os.getpid(), signal.SIGKILL)
+                        return _real(*a, **k)
 
-                setattr(os, name, step)
-            _write_generation(spec, shapes, model, state, gen)
-            os._exit(0)
-        os.waitpid(pid, 0)
-        # Resume as SGDSolver::Restore does: the solverstate, then the caffemodel it names.
-        st = read_solverstate(state)
-        try:
-            weights = learned_net_of(str(state), st.learned_net)
-        except CaffeCompatError as e:
-            assert "\n" not in str(e) and "are not one snapshot" in str(e)
-            outcomes["refused"] += 1
-            continue
-        net = caffe_pb2.NetParameter.FromString(Path(weights).read_bytes())
-        assert {float(v) for b in net.layer[1].blobs for v in blob_to_array(b).ravel()} == {float(st.iteration)}
-        assert {float(v) for h in st.history for v in h.ravel()} == {-float(st.iteration)}
-        outcomes["new" if st.iteration == gen else "old"] += 1
+                    setattr(os, name, step)
+                _write_generation(spec, shapes, model, state, gen)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            # Resume as SGDSolver::Restore does: the solverstate, then the caffemodel it names.
+            st = read_solverstate(state)
+            try:
+                weights = learned_net_of(str(state), st.learned_net)
+            except CaffeCompatError as e:
+                assert "\n" not in str(e) and "are not one snapshot" in str(e)
+                outcomes["refused"] += 1
+                continue
+            net = caffe_pb2.NetParameter.FromString(Path(weights).read_bytes())
+            assert {float(v) for b in net.layer[1].blobs for v in blob_to_array(b).ravel()} == {float(st.iteration)}
+            assert {float(v) for h in st.history for v in h.ravel()} == {-float(st.iteration)}
+            outcomes["new" if st.iteration == gen else "old"] += 1
+        glog.set_stream(None)
+    return outcomes
+
+
+def test_kill_at_random_points_of_snapshot_writes_never_resumes_a_mixed_pair(tmp_path):
+    import json
+
+    repo = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", "import json, sys; from tests.test_hardening_files import kill_loop; "
+                               "print(json.dumps(kill_loop(sys.argv[1])))", str(tmp_path)],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcomes = json.loads(run.stdout.strip().splitlines()[-1])
     assert sum(outcomes.values()) == 50
     assert outcomes["new"] and outcomes["old"] and outcomes["refused"], outcomes
 
@@ -491,3 +513,27 @@ def test_hdf5_links_when_allowed_are_followed_or_one_line(tmp_path, monkeypatch,
         np.testing.assert_array_equal(batch, np.arange(4, dtype=np.float32).reshape(2, 2))
     else:
         assert (batch == rows).all()
+
+
+def test_a_failed_rename_in_a_group_puts_the_old_files_back(tmp_path, monkeypatch):
+    a, b, c = tmp_path / "a.caffemodel", tmp_path / "b.solverstate", tmp_path / "c.new"
+    a.write_bytes(b"old a")
+    b.write_bytes(b"old b")
+    real = os.replace
+
+    def fails_on_b(src, dst, *args, **kw):
+        if str(dst) == str(b):
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "replace", fails_on_b)
+    from caffecompat.errors import CaffeCompatError
+
+    with pytest.raises(CaffeCompatError, match="b.solverstate: cannot write the snapshot: no space left"):
+        outfiles.write_atomic_group([(a, b"new a"), (c, b"new c"), (b, b"new b")], "snapshot")
+    monkeypatch.setattr(os, "replace", real)
+    assert a.read_bytes() == b"old a" and b.read_bytes() == b"old b" and not c.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.caffemodel", "b.solverstate"]
+    outfiles.write_atomic_group([(a, b"new a"), (c, b"new c"), (b, b"new b")], "snapshot")
+    assert (a.read_bytes(), b.read_bytes(), c.read_bytes()) == (b"new a", b"new b", b"new c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.caffemodel", "b.solverstate", "c.new"]
