@@ -36,6 +36,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -462,11 +463,37 @@ def write_atomic_group(items: Sequence[tuple[str | os.PathLike, Data]], what: st
             discard(b)
 
 
+def _exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two names in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # a file system without the exchange: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def install_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     """Move the finished folder `tmp` to `target`, replacing an old one only once the new one is in place.
 
-    On failure the old folder is put back and the OSError propagates for the caller to word.
+    Where the system can, the two folders swap names in one step, so a kill
+    leaves the old folder or the new one under the target's name; elsewhere the
+    old one is renamed aside first. On failure the old folder is put back and
+    the OSError propagates for the caller to word.
     """
+    if os.path.isdir(target) and not os.path.islink(target) and _exchange(tmp, target):
+        release(tmp)
+        discard(tmp)  # the old folder, now under the temporary name
+        return
     old = None
     try:
         if os.path.lexists(target):

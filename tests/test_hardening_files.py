@@ -537,3 +537,20 @@ def test_a_failed_rename_in_a_group_puts_the_old_files_back(tmp_path, monkeypatc
     outfiles.write_atomic_group([(a, b"new a"), (c, b"new c"), (b, b"new b")], "snapshot")
     assert (a.read_bytes(), b.read_bytes(), c.read_bytes()) == (b"new a", b"new b", b"new c")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.caffemodel", "b.solverstate", "c.new"]
+
+
+def test_replacing_a_database_folder_is_one_step(tmp_path, monkeypatch):
+    # A kill can come between any two steps: with one step, the target always holds a whole database.
+    target = tmp_path / "db"
+    target.mkdir()
+    (target / "data.mdb").write_bytes(b"old")
+    new = outfiles.make_temp_dir(target, "database")
+    (new / "data.mdb").write_bytes(b"new")
+    renames: list[tuple] = []
+    real = os.rename
+    monkeypatch.setattr(os, "rename", lambda *a, **k: (renames.append(a), real(*a, **k))[1])
+    outfiles.install_folder(new, target)
+    assert (target / "data.mdb").read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["db"]
+    if sys.platform.startswith("linux"):
+        assert renames == []  # swapped by renameat2, not renamed aside then in
