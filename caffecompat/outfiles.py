@@ -181,7 +181,9 @@ def sweep_stale(folder: str | os.PathLike, once: bool = True) -> list[Path]:
             kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
             if entry.is_symlink():
                 continue  # we never make links: not ours
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+            # A file is opened for writing: NFS emulates flock with write locks, which need it.
+            mode = os.O_RDONLY if kind == "folder" else os.O_RDWR
+            fd = os.open(path, mode | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
                          | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             continue
@@ -401,7 +403,11 @@ def backup_link(target: str | os.PathLike) -> Path | None:
             os.link(target, link)
         except FileExistsError:
             continue
-        fd = os.open(link, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(link, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))  # for writing: NFS's flock needs it
+        except OSError:
+            link.unlink(missing_ok=True)
+            raise
         try:
             _hold(fd, link)
         except FileExistsError:
