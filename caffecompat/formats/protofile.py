@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -89,8 +88,8 @@ def parse_text(text: str, cls: type[M], path: str | os.PathLike, what: str, *, s
                           "caffe.proto of the fork this file comes from?")
         raise CaffeCompatError(f"{loc}: malformed {what}: {detail}") from None
     except RecursionError:  # a recursive -proto schema lets a text nest without end
-        raise CaffeCompatError(f"{path}: malformed {what}: its messages nest too deeply to parse "
-                               f"(over {sys.getrecursionlimit() // 4} levels); no Caffe file nests so deep") from None
+        raise CaffeCompatError(f"{path}: malformed {what}: its messages nest too deeply to parse (deeper than "
+                               "Python's recursion limit lets protobuf follow); no Caffe file nests so deep") from None
     return msg
 
 
