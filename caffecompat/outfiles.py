@@ -7,8 +7,10 @@ complete. Temporary names are recognizable and say who wrote them:
     .<target name>.caffecompat-tmp-<pid>-<host tag>-<random>
 
 The writer holds an exclusive flock on each of its temporaries (the file, or
-the folder of a database) from the moment it creates it until it is renamed or
-removed; the kernel drops the lock when the writer dies (kill -9, OOM killer).
+the folder of a database) from its creation (it is born under a
+`.caffecompat-new-` name, locked, then given its temporary name) until it is
+renamed or removed; the kernel drops the lock when the writer dies (kill -9,
+OOM killer).
 `sweep_stale` removes a temporary of this host only when it can take that lock
 itself, so a live writer keeps its file even when its pid means nothing here
 (another PID namespace: containers sharing a folder and a host name), and logs
@@ -36,8 +38,10 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -117,6 +121,13 @@ def _hold(fd: int, path: Path) -> None:
         _held[os.path.abspath(path)] = os.dup(fd)
 
 
+def _move_hold(old: Path, new: Path) -> None:
+    with _held_lock:
+        fd = _held.pop(os.path.abspath(old), None)
+        if fd is not None:
+            _held[os.path.abspath(new)] = fd
+
+
 def release(tmp: str | os.PathLike) -> None:
     """Drop this process's lock on a temporary (once it is renamed or removed); never raises."""
     with _held_lock:
@@ -132,23 +143,36 @@ def _create(target: Path, make: str) -> tuple[Path, int]:
     """A new temporary beside `target` ("file" or "folder"), locked as ours: its path and an open descriptor."""
     for _ in range(8):
         tmp = temp_path(target)
+        born = tmp.with_name(tmp.name.replace(MARK, BIRTH_MARK))
         if make == "folder":
-            os.mkdir(tmp, 0o777)  # 0777 less the umask, as for any new folder
-            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            os.mkdir(born, 0o777)  # 0777 less the umask, as for any new folder
+            fd = os.open(born, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         else:
             # Mode 0666 less the umask, as for any newly created file.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            fd = os.open(born, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            _hold(fd, tmp)
+            _hold(fd, born)
+            os.rename(born, tmp)  # the lock goes with the file: under its MARK name it is locked from the start
+            _move_hold(born, tmp)
         except FileExistsError:
             os.close(fd)
+            discard(born)
             continue
         except BaseException:
             os.close(fd)
+            discard(born)
             discard(tmp)
             raise
         return tmp, fd
     raise OSError(errno.EAGAIN, "temporary files beside it keep disappearing", str(target))
+
+
+# A temporary is born under this other mark, locked, and only then renamed to its MARK name, so that a sweep
+# never sees a temporary of ours unlocked. A kill in that instant leaves an empty file under the birth mark:
+# the sweep removes those once they are old.
+BIRTH_MARK = ".caffecompat-new-"
+_BIRTH = re.compile(r"^\..*\.caffecompat-new-\d+-[0-9a-f]{8}-[0-9a-f]+$")
+_BIRTH_SECONDS = 600.0
 
 
 def sweep_stale(folder: str | os.PathLike, once: bool = True) -> list[Path]:
@@ -173,6 +197,9 @@ def sweep_stale(folder: str | os.PathLike, once: bool = True) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
+        if _BIRTH.match(entry.name):
+            _remove_old_birth(folder / entry.name)
+            continue
         m = _PATTERN.match(entry.name)
         if m is None or m["host"] != _HOST:
             continue
@@ -206,6 +233,20 @@ def sweep_stale(folder: str | os.PathLike, once: bool = True) -> list[Path]:
                                     "finished writing")
         removed.append(path)
     return removed
+
+
+def _remove_old_birth(path: Path) -> None:
+    """Remove an empty temporary left between its birth and its naming, once it is old; never raises."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if time.time() - st.st_mtime < _BIRTH_SECONDS:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(path)  # only when empty
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def free_bytes(folder: str | os.PathLike) -> int | None:
@@ -399,19 +440,26 @@ def backup_link(target: str | os.PathLike) -> Path | None:
         return None
     for _ in range(8):
         link = temp_path(target)
+        born = link.with_name(link.name.replace(MARK, BIRTH_MARK))
         try:
-            os.link(target, link)
+            os.link(target, born)
         except FileExistsError:
             continue
         try:
-            fd = os.open(link, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))  # for writing: NFS's flock needs it
+            fd = os.open(born, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))  # for writing: NFS's flock needs it
         except OSError:
-            link.unlink(missing_ok=True)
+            born.unlink(missing_ok=True)
             raise
         try:
-            _hold(fd, link)
+            _hold(fd, born)
+            os.rename(born, link)  # named as a temporary only once locked (see _create)
+            _move_hold(born, link)
         except FileExistsError:
             continue
+        except BaseException:
+            release(born)
+            born.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         return link

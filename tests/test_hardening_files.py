@@ -554,3 +554,46 @@ def test_replacing_a_database_folder_is_one_step(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["db"]
     if sys.platform.startswith("linux"):
         assert renames == []  # swapped by renameat2, not renamed aside then in
+
+
+SWEEPER = r"""
+import sys, time
+from caffecompat import glog, outfiles
+glog.set_stream(None)
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    n += len(outfiles.sweep_stale(sys.argv[1], once=False))
+print(n)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no flock on Windows: the sweep is off there")
+def test_writes_beside_a_sweep_running_in_a_loop_all_land(tmp_path):
+    # A sweep may open a new temporary between its creation and its lock: the writer must notice, not lose it.
+    sweeper = subprocess.Popen([sys.executable, "-c", SWEEPER, str(tmp_path), "2"], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        time.sleep(0.5)
+        for i in range(100):
+            outfiles.write_atomic_group([(tmp_path / f"m{i}.caffemodel", b"m" * 100),
+                                         (tmp_path / f"m{i}.solverstate", str(i).encode())])
+            outfiles.write_atomic(tmp_path / "same.bin", str(i).encode())
+    finally:
+        removed = sweeper.communicate(timeout=60)[0].strip()
+    assert removed == "0"  # nothing of a live writer was taken
+    assert (tmp_path / "same.bin").read_bytes() == b"99"
+    assert all((tmp_path / f"m{i}.solverstate").read_bytes() == str(i).encode() for i in range(100))
+    assert [p.name for p in tmp_path.iterdir() if outfiles.is_temp_name(p.name)] == []
+
+
+def test_the_sweep_removes_old_empty_births_only(tmp_path):
+    tail = f"{outfiles.BIRTH_MARK}123-{_host()}-0a0b"
+    old_empty, young_empty, old_full = (tmp_path / f".{n}{tail}" for n in ("a", "b", "c"))
+    old_empty.touch()
+    young_empty.touch()
+    old_full.write_bytes(b"data")
+    for p in (old_empty, old_full):
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    outfiles.sweep_stale(tmp_path, once=False)
+    assert not old_empty.exists() and young_empty.exists() and old_full.exists()
