@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from caffecompat import outfiles
+from caffecompat import glog, outfiles
 from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.formats import protofile
 from caffecompat.formats.blob import encode_varint
@@ -104,7 +105,7 @@ class Converted:
         try:
             if external_data and any(a.nbytes >= EXTERNAL_THRESHOLD for _, a in arrays):
                 return _write_external(light, arrays, Path(path))
-            protofile.write_atomic(path, _model_chunks(light, arrays), "model")
+            write_plain(path, _model_chunks(light, arrays))
             return [Path(path)]
         except OSError as e:
             raise CaffeCompatError(f"{e.filename or path}: cannot write the model: {e.strerror}") from None
@@ -157,9 +158,8 @@ def _model_chunks(light: onnx.ModelProto, arrays: list[tuple[str, np.ndarray]]) 
 
 
 def _write_external(light: onnx.ModelProto, arrays: list[tuple[str, np.ndarray]], path: Path) -> list[Path]:
-    """`light` with `arrays` as initializers whose data is in `<path>.data` (ONNX external data)."""
-    location = path.name + ".data"
-    data_path = (path.parent if str(path.parent) else Path(".")) / location
+    """`light` with `arrays` as initializers whose data is in a data file beside it (ONNX external data)."""
+    location = data_location(path)
     model = onnx.ModelProto()
     model.CopyFrom(light)
     pieces: list[bytes | memoryview] = []
@@ -179,13 +179,84 @@ def _write_external(light: onnx.ModelProto, arrays: list[tuple[str, np.ndarray]]
             entry.key, entry.value = k, v
         pieces.append(memoryview(a.reshape(-1)).cast("B"))
         offset += a.nbytes
-    protofile.write_atomic(data_path, pieces, "model data")
+    return install_with_data(path, model.SerializeToString(), location, pieces)
+
+
+def _locations(model: onnx.ModelProto) -> set[str]:
+    return {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"}
+
+
+def _referenced_data(path: Path) -> set[str] | None:
+    """The data files the ONNX model now at `path` names (None: no model there, or not one we can read)."""
+    if not path.is_file():
+        return None
     try:
-        protofile.write_atomic(path, model.SerializeToString(), "model")
+        return _locations(onnx.load(str(path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - any unreadable old file: we only decline to tidy after it
+        return None
+
+
+def data_location(path: str | os.PathLike) -> str:
+    """The name of a new data file for the model at `path`: `<model>.data`, unless a file has that name.
+
+    The new model must not share its data file with the old one: the data goes
+    in first, and a failure or kill before the new model is in place has to
+    leave the old model with its own data. So when `<model>.data` exists (the
+    old export's), the new data takes a fresh name, `<model>.<token>.data`.
+    """
+    path = Path(path)
+    stable = path.name + ".data"
+    if not os.path.lexists(path.with_name(stable)):
+        return stable
+    return f"{path.name}.{secrets.token_hex(4)}.data"
+
+
+def install_with_data(path: Path, model: bytes, location: str, data: Iterable[bytes | memoryview],
+                      opset: int | None = None) -> list[Path]:
+    """Install an ONNX model and its new external data file so that a failure or kill leaves the old pair
+    or the new one, never a mix: the data goes in under its new name, then the model (checked first when
+    `opset` is given) is renamed over the old one, the pair's commit point; then the old model's data
+    files, which nothing names any more, are removed."""
+    folder = path.parent if str(path.parent) else Path(".")
+    data_path = folder / location
+    old_data = _referenced_data(path)
+    outfiles.write_atomic(data_path, data, "model data")
+    try:
+        tmp = outfiles.write_temp(path, model, "model")
+        try:
+            if opset is not None:
+                check_model(str(tmp), opset)
+        except BaseException:
+            outfiles.discard(tmp)
+            raise
+        outfiles.commit(tmp, path, "model")
     except BaseException:
-        data_path.unlink(missing_ok=True)
+        data_path.unlink(missing_ok=True)  # ours alone: the old model names another file
         raise
+    _remove_old_data(path, old_data, {location})
     return [path, data_path]
+
+
+def _remove_old_data(path: Path, old_data: set[str] | None, keep: set[str]) -> None:
+    """Remove the data files the replaced model at `path` named (beside it, named after it) and the new one does not."""
+    folder = path.parent if str(path.parent) else Path(".")
+    for name in sorted((old_data or set()) - keep):
+        old = folder / name
+        if Path(name).name == name and name.startswith(path.name) and old.is_file() and not old.is_symlink():
+            try:
+                old.unlink()
+                glog.info("convert.py", f"Removed {old}, the data file of the model {path} replaced")
+            except OSError:
+                pass
+
+
+def write_plain(path: str | os.PathLike, data: bytes | Iterable[bytes | memoryview]) -> None:
+    """Write a model with no external data atomically, then remove the data file of the one it replaced."""
+    path = Path(path)
+    old_data = _referenced_data(path)
+    protofile.write_atomic(path, data, "model")
+    _remove_old_data(path, old_data, set())
 
 
 def check_deploy_net(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState, source: str) -> None:
@@ -488,7 +559,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, opset: int,
     try:
         if not external_data:
             check_model(model, opset)
-            protofile.write_atomic(path, model.SerializeToString(), "model")
+            write_plain(path, model.SerializeToString())
             return [path]
         return _save_external(model, path, opset)
     except OSError as e:
@@ -499,8 +570,7 @@ def _save_external(model: onnx.ModelProto, path: Path, opset: int) -> list[Path]
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CaffeCompatError(f"{path}: cannot write, folder {parent} does not exist")
-    location = path.name + ".data"
-    data_path = parent / location
+    location = data_location(path)
     light = onnx.ModelProto()
     light.CopyFrom(model)
     chunks: list[bytes] = []
@@ -525,19 +595,6 @@ def _save_external(model: onnx.ModelProto, path: Path, opset: int) -> list[Path]
         offset += len(raw)
     if not chunks:  # every tensor is small: nothing to put outside
         check_model(model, opset)
-        protofile.write_atomic(path, model.SerializeToString(), "model")
+        write_plain(path, model.SerializeToString())
         return [path]
-    protofile.write_atomic(data_path, chunks, "model data")
-    # The model goes to a temporary name beside its data, is checked there, then renamed.
-    try:
-        tmp = outfiles.write_temp(path, light.SerializeToString(), "model")
-        try:
-            check_model(str(tmp), opset)
-        except BaseException:
-            outfiles.discard(tmp)
-            raise
-        outfiles.commit(tmp, path, "model")
-    except BaseException:
-        data_path.unlink(missing_ok=True)
-        raise
-    return [path, data_path]
+    return install_with_data(path, light.SerializeToString(), location, chunks, opset)

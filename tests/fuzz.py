@@ -345,14 +345,67 @@ def _clamp_solver(text: str) -> str:
     return re.sub(r"^(\s*(?:test_iter|iter_size|max_iter):\s*)(\S+)", clamp, text, flags=re.M)
 
 
+H5NET = """name: "H5Net"
+layer { name: "d" type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "h5list.txt" batch_size: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+H5_DAMAGE = ["external link", "soft link", "dangling external link", "soft link loop", "external link loop",
+             "external storage", "virtual", "bytes"]
+
+
+def make_hdf5(folder: Path, r: random.Random) -> str:
+    """An HDF5Data net whose listed .h5 points outside itself (links, external storage) or is damaged."""
+    import h5py
+
+    how = r.choice(H5_DAMAGE)
+    (folder / "h5net.prototxt").write_text(H5NET)
+    (folder / "h5list.txt").write_text("in.h5\n")
+    data = np.arange(24, dtype=np.float32).reshape(4, 6)
+    label = np.array([0, 1, 0, 1], np.float32)
+    (folder / "raw.bin").write_bytes(data.tobytes())
+    with h5py.File(folder / "other.h5", "w") as f:
+        f["data"], f["label"] = data, label
+    with h5py.File(folder / "in.h5", "w") as f:
+        f["label"] = label
+        if how == "external link":
+            f["data"] = h5py.ExternalLink("other.h5", "/data")
+        elif how == "soft link":
+            f["real"] = data
+            f["data"] = h5py.SoftLink("/real")
+        elif how == "dangling external link":
+            f["data"] = h5py.ExternalLink("missing.h5", "/data")
+        elif how == "soft link loop":
+            f["data"], f["loop"] = h5py.SoftLink("/loop"), h5py.SoftLink("/data")
+        elif how == "external link loop":
+            f["data"] = h5py.ExternalLink("in.h5", "/data")
+        elif how == "external storage":
+            f.create_dataset("data", shape=data.shape, dtype=np.float32, external=[("raw.bin", 0, data.nbytes)])
+        elif how == "virtual":
+            layout = h5py.VirtualLayout(shape=data.shape, dtype=np.float32)
+            layout[:] = h5py.VirtualSource("other.h5", "data", shape=data.shape)
+            f.create_virtual_dataset("data", layout)
+        else:
+            f["data"] = data
+    if how == "bytes":
+        (folder / "in.h5").write_bytes(mutate_binary((folder / "in.h5").read_bytes(), r))
+    return how
+
+
 def prepare(folder: Path, seed: int) -> Case:
     """Damage one asset of the valid copy in `folder` and say which commands to run."""
     r = random.Random(seed)
     target = r.choice(["net", "net", "solver", "solver", "deploy", "caffemodel", "caffemodel", "solverstate",
                        "binaryproto", "lmdb", "lmdb"])
+    # One case in ten is an HDF5 file pointing outside itself (drawn apart, so other seeds keep their cases).
+    if random.Random(f"hdf5-{seed}").random() < 0.1:
+        target = "hdf5"
     case = Case(seed, target)
     (folder / "out").mkdir(exist_ok=True)
-    if target == "net":
+    if target == "hdf5":
+        case.how = make_hdf5(folder, r)
+        case.commands = [["time", "-model", "h5net.prototxt", "-iterations", "1"]]
+    elif target == "net":
         text = mutate_text(NET, r)
         for _ in range(r.randint(0, 2)):
             text = mutate_text(text, r)

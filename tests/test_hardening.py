@@ -365,11 +365,16 @@ def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path, capsys):
     host = outfiles.temp_path(tmp_path / "x").name.split("-")[-2]
     stale = tmp_path / f".m.binaryproto.caffecompat-tmp-{dead}-{host}-0a1b"
     stale_db = tmp_path / f".db.caffecompat-tmp-{dead}-{host}-0a1c"
-    live = tmp_path / f".m.binaryproto.caffecompat-tmp-{os.getppid()}-{host}-0a1d"
+    # A live writer whose pid means nothing here (another PID namespace): its lock keeps its file.
+    live = tmp_path / f".m.binaryproto.caffecompat-tmp-{dead}-{host}-0a1d"
     other_host = tmp_path / f".m.binaryproto.caffecompat-tmp-{dead}-00000000-0a1e"
     unrelated = tmp_path / ".m.binaryproto.abc.tmp"
     for p in (stale, live, other_host, unrelated):
         p.write_bytes(b"partial")
+    import fcntl
+
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
     stale_db.mkdir()
     (stale_db / "data.mdb").write_bytes(b"partial")
     glog.set_stream(None)
@@ -380,6 +385,7 @@ def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path, capsys):
     assert not stale.exists() and not stale_db.exists()
     assert live.exists() and other_host.exists() and unrelated.exists()
     assert (tmp_path / "m.binaryproto").read_bytes() == b"new"
+    os.close(holder)
 
 
 def test_convert_lmdb_removes_the_partial_database_of_a_killed_run(work, capsys):

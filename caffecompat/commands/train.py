@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from caffecompat import glog, parallel
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, solver_class: type, signals: Signals) -> int:
     from caffecompat.parallel import launch
+    from caffecompat.solver.snapshot import prefix_lock
 
     if args.snapshot and args.weights:
         raise CaffeCompatError("give -snapshot to resume training or -weights to fine-tune, not both")
@@ -152,13 +154,16 @@ def _train(args: argparse.Namespace, solver_class: type, signals: Signals) -> in
     # caffe.cpp train: -level and -stage go into the solver's train_state (and so into its logged dump).
     param.train_state.level = args.level
     param.train_state.stage.extend(stages(args.stage))
-    solver = solver_class(param, args.solver, weights=weights, providers=providers, signals=signals)
-    try:
-        if args.snapshot:
-            glog.info("caffe.cpp:235", f"Resuming from {args.snapshot}")
-        glog.info("caffe.cpp:239", "Starting Optimization")
-        solver.solve(args.snapshot or None)
-        glog.info("caffe.cpp:250", "Optimization Done.")
-    finally:
-        solver.close()
+    # One run per snapshot prefix: the root solver, which writes the snapshots, holds it for the whole run.
+    writes = (param.snapshot or param.snapshot_after_train) and param.snapshot_prefix and parallel.root_solver()
+    with prefix_lock(param.snapshot_prefix, args.solver) if writes else contextlib.nullcontext():
+        solver = solver_class(param, args.solver, weights=weights, providers=providers, signals=signals)
+        try:
+            if args.snapshot:
+                glog.info("caffe.cpp:235", f"Resuming from {args.snapshot}")
+            glog.info("caffe.cpp:239", "Starting Optimization")
+            solver.solve(args.snapshot or None)
+            glog.info("caffe.cpp:250", "Optimization Done.")
+        finally:
+            solver.close()
     return 0

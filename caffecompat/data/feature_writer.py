@@ -85,7 +85,7 @@ class ArrayFile:
             raise CaffeCompatError(f"{path} already exists; choose another name or pass -overwrite to replace it")
         outfiles.check_writable(path, f"{kind} file")
         self.path, self.kind = path, kind
-        self.tmp = str(outfiles.temp_path(path))
+        self.tmp = str(outfiles.new_temp(path, f"{kind} file"))
         self.arrays: dict[str, np.ndarray] = {}
         self.counts: dict[str, int] = {}
         self.h5 = None
@@ -100,7 +100,7 @@ class ArrayFile:
                 import h5py
 
                 if self.h5 is None:
-                    self.h5 = h5py.File(self.tmp, "w")
+                    self.h5 = h5py.File(self.tmp, "w", locking=False)  # the temporary holds our own lock
                 self.arrays[blob] = self.h5.create_dataset(blob, shape=shape, dtype=np.float32)
         except OSError as e:
             self.abort()

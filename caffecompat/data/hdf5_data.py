@@ -7,6 +7,13 @@ back to the first after the last. With shuffle, the file order is shuffled at
 the start and after each pass over the files, and the row order each time a
 file is (re)started. Like Caffe, the layer does no transformation and does
 not prefetch.
+
+HDF5 lets a file point at other files: an ExternalLink (a dataset in another
+.h5), a soft link, a dataset whose storage is an external raw file, a virtual
+dataset made of other files' datasets. Caffe follows them all, so a dataset
+given to train on could read any local file. These are refused unless the
+environment variable CAFFECOMPAT_HDF5_ALLOW_LINKS=1 allows them; link loops
+and dangling links are then one-line errors.
 """
 
 from __future__ import annotations
@@ -21,6 +28,40 @@ from caffecompat.data.source import DataSource, child_rng
 from caffecompat.errors import CaffeCompatError
 from caffecompat.glog import info
 from caffecompat.proto import caffe_pb2
+
+ALLOW_LINKS_ENV = "CAFFECOMPAT_HDF5_ALLOW_LINKS"
+
+
+def links_allowed() -> bool:
+    """Whether HDF5Data may follow links and external storage into other files (CAFFECOMPAT_HDF5_ALLOW_LINKS=1)."""
+    return os.environ.get(ALLOW_LINKS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _link_problem(f: h5py.File, name: str) -> str | None:
+    """What in the path `name` of `f` points outside the file (a link or external storage), or None."""
+    group: h5py.Group = f
+    parts = [p for p in name.split("/") if p]
+    for i, part in enumerate(parts):
+        link = group.get(part, getlink=True)
+        where = "/".join(parts[: i + 1])
+        if isinstance(link, h5py.ExternalLink):
+            return f"'{where}' is an ExternalLink to {link.filename}:{link.path}"
+        if isinstance(link, h5py.SoftLink):
+            return f"'{where}' is a soft link to {link.path}"
+        if link is None:
+            return None
+        item = group[part]
+        if i < len(parts) - 1:
+            if not isinstance(item, h5py.Group):
+                return None
+            group = item
+            continue
+        if isinstance(item, h5py.Dataset):
+            if item.external:
+                return f"dataset '{where}' keeps its data in external file(s) {[e[0] for e in item.external]}"
+            if item.is_virtual:
+                return f"dataset '{where}' is a virtual dataset made of other files' data"
+    return None
 
 
 class HDF5DataSource(DataSource):
@@ -69,7 +110,14 @@ class HDF5DataSource(DataSource):
         try:
             with h5py.File(path, "r") as f:
                 arrays = []
+                allowed = links_allowed()
                 for top in self.tops:
+                    problem = None if allowed else _link_problem(f, top)
+                    if problem:
+                        raise CaffeCompatError(
+                            f"{self.where}: {path}: {problem}, which could read any file; caffecompat reads "
+                            f"only data inside the listed files: copy the data in, or set {ALLOW_LINKS_ENV}=1 "
+                            "to follow it as Caffe does")
                     if top not in f or not isinstance(f[top], h5py.Dataset):
                         raise CaffeCompatError(f"{self.where}: {path} has no dataset '{top}' (the datasets "
                                                "are named after the layer's tops)")
@@ -83,6 +131,9 @@ class HDF5DataSource(DataSource):
                 from None
         except OSError as e:
             raise CaffeCompatError(f"{self.where}: cannot open HDF5 file {path}: {e}") from None
+        except (KeyError, RuntimeError, TypeError) as e:  # a link loop, a link to nothing, in h5py's words
+            raise CaffeCompatError(f"{self.where}: cannot read HDF5 file {path}: {' '.join(str(e).split())} "
+                                   "(a damaged file, or a broken or looping link)") from None
         rows = arrays[0].shape[0]
         for top, a in zip(self.tops, arrays):
             if a.shape[0] != rows:

@@ -87,6 +87,9 @@ def parse_text(text: str, cls: type[M], path: str | os.PathLike, what: str, *, s
                 detail = (f"unknown field '{field}' in {message}: {schema} has no such field; is it the "
                           "caffe.proto of the fork this file comes from?")
         raise CaffeCompatError(f"{loc}: malformed {what}: {detail}") from None
+    except RecursionError:  # a recursive -proto schema lets a text nest without end
+        raise CaffeCompatError(f"{path}: malformed {what}: its messages nest too deeply to parse (deeper than "
+                               "Python's recursion limit lets protobuf follow); no Caffe file nests so deep") from None
     return msg
 
 

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,10 @@ class UserSchema:
         return message_factory.GetMessageClass(self._pool.FindMessageTypeByName(full))
 
 
+# protoc's own log lines (absl's start-up notice, warnings and infos), not the compile errors.
+_NOISE = re.compile(r"^(WARNING: All log messages before absl|[WI]\d{4} )")
+
+
 def _protoc_include() -> str:
     """grpcio-tools' folder of the well-known .proto files (google/protobuf/*.proto)."""
     spec = importlib.util.find_spec("grpc_tools")
@@ -101,18 +106,39 @@ def _compile(path: str, mtime: float) -> UserSchema:
         raise CaffeCompatError(
             f"-proto {path}: compiling a caffe.proto needs grpcio-tools (it bundles protoc); install it with "
             "`pip install 'caffecompat[proto]'` (or `pip install grpcio-tools`)")
-    p = Path(path)
+    p = Path(path).resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "schema.desc"
+        # Data from files is data: protoc reads a leading '@' as a file of options and a leading '-' as an
+        # option, splits -I at ':' and '='; so it sees only names we made: absolute, under our own folder,
+        # where `src` links to the .proto's folder, its only import path besides the bundled protos.
+        src = Path(tmp).resolve() / "src"
+        os.symlink(p.parent, src, target_is_directory=True)
+        out = Path(tmp).resolve() / "schema.desc"
         run = subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{p.parent.resolve()}", f"-I{_protoc_include()}",
-             "--include_imports", f"--descriptor_set_out={out}", p.name],
-            capture_output=True, text=True)
+            [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={src}", f"--proto_path={_protoc_include()}",
+             "--include_imports", f"--descriptor_set_out={out}", str(src / p.name)],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if run.returncode != 0:
-            detail = " | ".join(line.strip() for line in run.stderr.splitlines() if line.strip())[:600]
+            detail = " | ".join(line.strip().replace(str(src), str(p.parent))
+                                for line in run.stderr.splitlines() if line.strip() and not _NOISE.match(line))[:600]
             raise CaffeCompatError(f"-proto {path}: protoc cannot compile it: {detail or 'unknown error'}")
         files = list(descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file)
+    _check_imports(path, p.parent, files)
     return UserSchema(path, files)
+
+
+def _check_imports(path: str, folder: Path, files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+    """Refuse imports that reach outside the .proto's folder (by a link) other than the bundled google/protobuf."""
+    bundled = Path(_protoc_include()).resolve()
+    for f in files:
+        if f.name.startswith("google/protobuf/") and (bundled / f.name).is_file() \
+                and not (folder / f.name).exists():
+            continue
+        real = (folder / f.name).resolve()
+        if not real.is_relative_to(folder):
+            raise CaffeCompatError(
+                f"-proto {path}: imports {f.name}, which leads outside {folder} (to {real}); -proto reads only "
+                "the .proto's own folder and the bundled google/protobuf files: copy the import beside it")
 
 
 def schema(path: str | os.PathLike) -> UserSchema:
@@ -238,5 +264,6 @@ def to_ours(msg: pb_message.Message, cls: type[M], label: str, context: str) -> 
     """`msg` of a user schema as our `cls`, and the problems (fields we cannot hold) found on the way."""
     copier = _Copier(label)
     out = cls()
+    # (the copy goes no deeper than our schema nests: a recursive user schema ends in a problem, not a recursion)
     copier.copy(msg, out, context)
     return out, copier.problems

@@ -30,7 +30,7 @@ from caffecompat.solver import debug_info, nets
 from caffecompat.solver.fmt import caffe_float
 from caffecompat.solver.lr_policy import LrSchedule, resolve_solver_type, validate_solver
 from caffecompat.solver.signals import Signals
-from caffecompat.solver.snapshot import snapshot_failed, write_snapshot
+from caffecompat.solver.snapshot import learned_net_of, snapshot_failed, write_snapshot
 from caffecompat.solver.solverstate import (
     check_history,
     flatten_history,
@@ -427,7 +427,7 @@ class Solver:
         state = read_solverstate(path)
         if state.learned_net:
             values = {n: np.array(v) for n, v in self.live_values().items()}
-            load_caffemodel(self.spec, values, state.learned_net)
+            load_caffemodel(self.spec, values, learned_net_of(path, state.learned_net))
             for name, array in values.items():
                 self.net.set_data(name, array)
         history = self.history
