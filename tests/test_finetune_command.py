@@ -189,7 +189,28 @@ def test_resume_trains_on(pretrained, frozen_run):
     assert f"-weights {out / 'snapshots' / 'finetune_iter_64.caffemodel'}" in log
 
 
-@pytest.mark.parametrize("case", ["one_class", "empty_class", "no_head", "bad_freeze", "existing", "bad_head"])
+def test_lmdb_and_list_file_inputs(pretrained, frozen_run, tmp_path):
+    """-train an existing LMDB (its labels.txt beside it names the classes), -val a list file; -nomirror."""
+    first, _ = frozen_run
+    lines = [f"{c}/{f.name} {label}\n" for label, c in enumerate(sorted(TARGET))
+             for f in sorted((pretrained["val"] / c).iterdir())]
+    (tmp_path / "val.txt").write_text("".join(lines))
+    out = tmp_path / "out"
+    args = _args(pretrained, out, "-iterations", "4", "-batch", "6", "-nomirror", "-root", str(pretrained["val"]))
+    args[args.index("-train") + 1] = str(first / "train_lmdb")
+    args[args.index("-val") + 1] = str(tmp_path / "val.txt")
+    status, log = run_cli(args)
+    assert status == 0, log[-2000:]
+    net = read_net_prototxt(out / "train_val.prototxt")
+    data = [lp for lp in net.layer if lp.type == "Data"]
+    assert data[0].data_param.source == str((first / "train_lmdb").resolve())
+    assert not data[0].transform_param.mirror
+    assert (out / "labels.txt").read_text() == (first / "labels.txt").read_text()
+    assert "Processed 60 files." in log  # the list's 60 validation images
+
+
+@pytest.mark.parametrize("case", ["one_class", "empty_class", "no_head", "bad_freeze", "existing", "bad_head",
+                                  "freeze_above_head", "unknown_val_class"])
 def test_hostile_inputs_give_one_line(pretrained, frozen_run, tmp_path, capsys, case):
     out = tmp_path / "out"
     args = _args(pretrained, out)
@@ -212,6 +233,13 @@ def test_hostile_inputs_give_one_line(pretrained, frozen_run, tmp_path, capsys, 
     elif case == "bad_head":
         args += ["-head", "relu1"]
         expected = "the head must be"
+    elif case == "freeze_above_head":
+        args += ["-freeze_below", "prob"]
+        expected = "not below the head ip2"
+    elif case == "unknown_val_class":
+        _draw_folder(tmp_path / "val", 2, np.random.default_rng(1), {"circle": 0, "square": 1})
+        args[args.index("-val") + 1] = str(tmp_path / "val")
+        expected = "square are not classes of -train"
     else:
         args[args.index("-output") + 1] = str(frozen_run[0])
         expected = "previous run"
@@ -220,3 +248,33 @@ def test_hostile_inputs_give_one_line(pretrained, frozen_run, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert status == 1, log[-1500:]
     assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err + log, err
+
+
+def test_open_nsfw_head_only_beats_chance(zoo, tmp_path):
+    """The real ResNet-50-1by2 (trained weights), everything below its head frozen, batch 4: beats chance."""
+    model = zoo / "open_nsfw"
+    rng = np.random.default_rng(7)
+    classes = {"circle": 0, "square": 1, "triangle": 2}
+    for split in ("train", "val"):
+        for name, label in classes.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(8):
+                cv2.imwrite(str(tmp_path / split / name / f"{i}.png"), shapes.draw_shape(label, 64, rng))
+    out = tmp_path / "out"
+    status, log = run_cli(["finetune", "-model", str(model / "deploy.prototxt"), "-weights",
+                           str(model / "resnet_50_1by2_nsfw.caffemodel"), "-train", str(tmp_path / "train"),
+                           "-val", str(tmp_path / "val"), "-output", str(out), "-freeze_below", "pool",
+                           "-iterations", "20", "-batch", "4", "-mean_value", "104,117,123"])
+    assert status == 0, log[-3000:]
+    accuracy, chance = _final_line(log)
+    assert accuracy > chance + 0.2, log[-3000:]  # measured: 0.708 against 0.333
+    net = read_net_prototxt(out / "train_val.prototxt")
+    scales = [lp for lp in net.layer if lp.type == "Scale"]
+    assert len(scales) == 53 and all([p.lr_mult for p in lp.param] == [0, 0] for lp in scales)
+    assert "conv_1 does not need backward computation." in log
+    assert "fc_nsfw_ft needs backward computation." in log
+    before = read_weights(model / "resnet_50_1by2_nsfw.caffemodel").blobs
+    after = read_weights(out / "snapshots" / "finetune_iter_20.caffemodel").blobs
+    for name in ("conv_1", "bn_1", "scale_1", "conv_stage3_block2_branch2c", "scale_stage3_block2_branch2c"):
+        for a, b in zip(before[name], after[name], strict=True):
+            assert np.array_equal(a, b), name
