@@ -211,7 +211,10 @@ def _prepare(args: argparse.Namespace, out: Path) -> int:
     _write_prototxt(out / "train_val.prototxt", _header(args, "The fine-tuning net"), train_val)
     _write_prototxt(out / "deploy.prototxt", _header(args, "The fine-tuned net for classify"), new_deploy)
     solver = _solver(args, out, test_iter)
-    _write_prototxt(out / "solver.prototxt", _header(args, f"The {args.solver_type} solver"), solver)
+    # Caffe's solver files name their net first (models/*/solver.prototxt), whatever its field number.
+    net_line = f"net: {text_format.MessageToString(caffe_pb2.SolverParameter(net=solver.net)).split(': ', 1)[1]}"
+    solver.ClearField("net")
+    _write_prototxt(out / "solver.prototxt", _header(args, f"The {args.solver_type} solver") + net_line, solver)
     glog.info("finetune.py", f"Wrote {out / 'train_val.prototxt'} (head {deploy.layer[head].name} -> "
                              f"{new_deploy.layer[head].name}, {classes} classes"
                              + (f", frozen up to {args.freeze_below}" if freeze_upto is not None else "")
