@@ -248,6 +248,8 @@ def test_hostile_inputs_give_one_line(pretrained, frozen_run, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert status == 1, log[-1500:]
     assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err + log, err
+    if case != "existing":
+        assert not out.exists()  # refused before writing anything: a fixed rerun needs no -overwrite
 
 
 def test_open_nsfw_head_only_beats_chance(zoo, tmp_path):

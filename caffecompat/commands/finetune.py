@@ -183,6 +183,7 @@ def _prepare(args: argparse.Namespace, out: Path) -> int:
         raise CaffeCompatError(f"-resize_height/-resize_width {rh} x {rw}: smaller than the net's input "
                                f"{height} x {width}")
     mean_values = _mean_values(args.mean_value, channels)
+    _check_folders(args.train, args.val)
     _check_output(out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -232,6 +233,22 @@ def _mean_values(text: str, channels: int) -> list[float]:
     if len(values) not in (1, channels):
         raise CaffeCompatError(f"-mean_value {text}: give 1 or {channels} values (one per input channel)")
     return values
+
+
+def _check_folders(train: str, val: str) -> None:
+    """Refuse bad image folders before anything is written (so a fixed rerun needs no -overwrite)."""
+    if _is_lmdb(train) or not os.path.isdir(train):
+        return
+    found = image_folder.scan(train, None)
+    counts = {label: 0 for label in range(len(found.classes))}
+    for _, label in found.items:
+        counts[label] += 1
+    _check_classes("-train", train, found.classes, counts, training=True)
+    if os.path.isdir(val) and not _is_lmdb(val):
+        unknown = [c for c in image_folder.scan(val, None).classes if c not in found.classes]
+        if unknown:
+            raise CaffeCompatError(f"-val {val}: class folder(s) {', '.join(unknown)} are not classes of -train; "
+                                   "remove them or add them to -train")
 
 
 def _is_lmdb(path: str) -> bool:
