@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from caffecompat.errors import CaffeCompatError
 from caffecompat.formats.caffemodel import read_weights
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.formats.solver import read_solver_prototxt
@@ -207,6 +208,26 @@ def test_lmdb_and_list_file_inputs(pretrained, frozen_run, tmp_path):
     assert not data[0].transform_param.mirror
     assert (out / "labels.txt").read_text() == (first / "labels.txt").read_text()
     assert "Processed 60 files." in log  # the list's 60 validation images
+
+
+def test_two_processes(pretrained, tmp_path):
+    """-processes 2 trains through train's -processes; the accuracy is then scored on the final weights."""
+    try:
+        import mpi4py  # noqa: F401
+
+        from caffecompat.parallel import launch
+
+        launch.find_mpiexec()
+    except (ImportError, CaffeCompatError):
+        pytest.skip("needs the MPI extra: pip install 'caffecompat[mpi]' (mpi4py and mpich, with mpiexec)")
+    out = tmp_path / "out"
+    status, log = run_cli(_args(pretrained, out, "-freeze_below", "pool1", "-iterations", "20", "-batch", "6",
+                                "-processes", "2"))
+    assert status == 0, log[-2000:]
+    accuracy, chance = _final_line(log)
+    assert "caffe.cpp:321] accuracy = " in log  # scored by `test` here: the ranks logged elsewhere
+    assert accuracy > chance
+    assert (out / "snapshots" / "finetune_iter_20.caffemodel").is_file()
 
 
 @pytest.mark.parametrize("case", ["one_class", "empty_class", "no_head", "bad_freeze", "existing", "bad_head",
