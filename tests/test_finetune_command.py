@@ -170,6 +170,9 @@ def test_classify_reads_the_outputs(pretrained, frozen_run):
     status, clog = run_cli(command + ["-output", str(out / "pred.csv"), str(pretrained["val"])])
     assert status == 0, clog[-2000:]
     assert len((out / "pred.csv").read_text().splitlines()) == 1 + 60
+    # The Data layer's TEST transformation and classify's preprocessing agree: the same accuracy on the 60 images.
+    assert "-images_dim 37,37" in " ".join(command)
+    assert float(re.search(r"\] accuracy = (\S+)", clog)[1]) == pytest.approx(_final_line(log)[0], abs=1e-3)
 
 
 def test_time_shows_no_backward_below_the_cut(frozen_run):

@@ -237,6 +237,9 @@ def _mean_values(text: str, channels: int) -> list[float]:
 
 def _check_folders(train: str, val: str) -> None:
     """Refuse bad image folders before anything is written (so a fixed rerun needs no -overwrite)."""
+    for flag_name, source in (("-train", train), ("-val", val)):
+        if not os.path.exists(source):
+            raise CaffeCompatError(f"{flag_name} {source}: no such image folder, list file or LMDB")
     if _is_lmdb(train) or not os.path.isdir(train):
         return
     found = image_folder.scan(train, None)
@@ -451,5 +454,17 @@ def _classify_flags(out: Path) -> str:
         "-mean_value " + ",".join(f"{v:g}" for v in t.mean_value)]
     if t.HasField("scale"):
         flags.append(f"-scale {t.scale:g}")
+    if t.crop_size:
+        # classify resizes to what the TEST Data layer reads before its centre crop: the stored images' size.
+        test = next(lp for lp in net.layer
+                    if lp.type == "Data" and lp.include and lp.include[0].phase == caffe_pb2.TEST)
+        reader = dbs.open_reader(test.data_param.source, "lmdb", "")
+        try:
+            _, value = reader.first()
+            _, h, w = datum_codec.shape_of(datum_codec.parse(value, test.data_param.source),
+                                           datum_codec.ColorMode.NATIVE, test.data_param.source)
+        finally:
+            reader.close()
+        flags.append(f"-images_dim {h},{w}")
     flags.append(f"-labels {out / 'labels.txt'}")
     return " ".join(flags)
