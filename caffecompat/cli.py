@@ -33,6 +33,7 @@ COMMANDS = [
     "make_list",
     "extract_features",
     "classify",
+    "finetune",
     "upgrade",
     "device_query",
     "parse_log",
@@ -52,7 +53,7 @@ ALIASES: dict[str, list[str]] = {
 }
 
 # The program name glog gives the log files of a subcommand: the Caffe tool it imitates.
-_PROGRAMS = {"train": "caffe", "test": "caffe", "time": "caffe", "device_query": "caffe",
+_PROGRAMS = {"train": "caffe", "finetune": "caffe", "test": "caffe", "time": "caffe", "device_query": "caffe",
              "convert-lmdb": "convert_imageset", "compute-mean": "compute_image_mean",
              "extract-features": "extract_features"}
 
