@@ -23,8 +23,8 @@ from caffecompat.formats.blob import read_binaryproto
 from tests.cli_run import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = REPO / "models" / "shapes"
-SCALE = 0.0078125  # models/shapes/train_val.prototxt's transform_param scale
+MODELS = REPO / "caffecompat" / "examples" / "shapes"
+SCALE = 0.0078125  # caffecompat/examples/shapes/train_val.prototxt's transform_param scale
 
 
 @pytest.fixture(scope="module")
