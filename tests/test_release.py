@@ -198,3 +198,16 @@ def test_the_sdist_installs_and_its_tests_collect(dist, tmp_path):
     # The same test files as the clone's.
     assert sorted(p.name for p in (root / "tests").glob("test_*.py")) == \
         sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
+
+
+def test_ci_runs_the_readme_s_commands_as_written():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    install, test = [line for line in block.splitlines() if line and not line.startswith("#")]
+    # The first command installs the package alone: no extra, so no dev tools.
+    assert ".venv/bin/pip install -e . &&" in install and "[" not in install
+    assert "examples/shapes/run.sh" in install
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert test in ci, test
+    assert ".venv/bin/pip install --quiet -e ." in ci
+    assert ci.index(".venv/bin/pip install --quiet -e .") < ci.index(test)
