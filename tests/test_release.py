@@ -155,8 +155,13 @@ def test_the_installed_wheel_runs_the_example_as_the_clone_does(dist, tmp_path):
 
     # The user's command, from a folder of their own, on the packaged files only.
     sizes = [arg for key, value in SMALL.items() for arg in (f"-{key}", value)]
-    packaged = _run([str(bin_dir / "caffecompat"), "example", "shapes", "work", *sizes], cwd=tmp_path, env=env)
+    (tmp_path / "logs").mkdir()
+    packaged = _run([str(bin_dir / "caffecompat"), "example", "-log_dir", "logs", "shapes", "work", *sizes],
+                    cwd=tmp_path, env=env)
     work = tmp_path / "work"
+    # glog's flags given to `example` hold for its steps: each Caffe tool's log files, named as Caffe names them.
+    assert {"caffe.INFO", "convert_imageset.INFO", "compute_image_mean.INFO"} <= {
+        p.name for p in (tmp_path / "logs").iterdir()}
     for made in ("shapes.onnx", f"snapshots/shapes_iter_{SMALL['iterations']}.caffemodel",
                  "finetune_snapshots/shapes_ft_iter_10.caffemodel", "train.log", "test.log", "finetune.log"):
         assert (work / made).is_file(), made

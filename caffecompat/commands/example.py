@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from caffecompat.examples.shapes import run as shapes
 
@@ -28,5 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen example; exit status 0 (a failing step raises CaffeCompatError)."""
-    shapes.run(args.work_dir, args.train, args.val, args.iterations, args.seed)
+    # glog's flags given to `example` hold for every step (each a caffecompat command of its own).
+    glog_env = {}
+    if args.log_dir is not None:
+        glog_env["GLOG_log_dir"] = os.path.abspath(args.log_dir)
+    if args.minloglevel is not None:
+        glog_env["GLOG_minloglevel"] = str(args.minloglevel)
+    if args.logtostderr:
+        glog_env["GLOG_logtostderr"] = "1"
+    shapes.run(args.work_dir, args.train, args.val, args.iterations, args.seed, glog_env=glog_env)
     return 0

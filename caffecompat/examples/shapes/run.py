@@ -37,11 +37,12 @@ SUMMARY = (("validation accuracy after training:   ", "train.log", "Test net out
            ("validation accuracy after fine-tuning:", "finetune.log", "Test net output #0: accuracy"))
 
 
-def _command(args: list[str], work: Path, out: TextIO, log: Path | None = None) -> None:
+def _command(args: list[str], work: Path, out: TextIO, log: Path | None = None,
+             glog_env: dict[str, str] | None = None) -> None:
     """Run `args` (`caffecompat ...` or `python -m ...`) in `work`, its output shown on `out` and kept in `log`."""
     program = [sys.executable, "-m", "caffecompat.cli", *args[1:]] if args[0] == "caffecompat" else \
         [sys.executable, *args[1:]]
-    env = dict(os.environ)
+    env = {**os.environ, **(glog_env or {})}
     # The steps import the caffecompat running this, installed or not.
     package_root = str(Path(caffecompat.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -69,9 +70,15 @@ def last_value(log: Path, marker: str) -> str:
 
 
 def run(work: str | Path, train: int = TRAIN_IMAGES, val: int = VALIDATION_IMAGES, iterations: int = ITERATIONS,
-        seed: int = 1, out: TextIO | None = None) -> None:
-    """Run the whole example in `work` (created); raises CaffeCompatError when a step fails."""
+        seed: int = 1, out: TextIO | None = None, glog_env: dict[str, str] | None = None) -> None:
+    """Run the whole example in `work` (created); raises CaffeCompatError when a step fails.
+
+    `glog_env` (GLOG_log_dir, ...) is added to each step's environment: glog's flags given to the example.
+    """
     out = out or sys.stdout
+
+    def command(args: list[str], log: Path | None = None) -> None:
+        _command(args, work, out, log, glog_env)
     fields = schedule(iterations, val)  # checks the sizes before anything is made
     if train <= 0:
         raise CaffeCompatError(f"shapes example: --train {train}: give a positive number of training images")
@@ -100,37 +107,36 @@ def run(work: str | Path, train: int = TRAIN_IMAGES, val: int = VALIDATION_IMAGE
 
     step("2. Convert them to LMDB (convert_imageset)")
     resize = ["-resize_height", "32", "-resize_width", "32"]
-    _command(["caffecompat", "convert-lmdb", *resize, "-shuffle", "images/", "images/train.txt", "train_lmdb"],
-             work, out)
-    _command(["caffecompat", "convert-lmdb", *resize, "images/", "images/val.txt", "val_lmdb"], work, out)
+    command(["caffecompat", "convert-lmdb", *resize, "-shuffle", "images/", "images/train.txt", "train_lmdb"])
+    command(["caffecompat", "convert-lmdb", *resize, "images/", "images/val.txt", "val_lmdb"])
 
     step("3. Compute the mean image (compute_image_mean)")
-    _command(["caffecompat", "compute-mean", "train_lmdb", "mean.binaryproto"], work, out)
+    command(["caffecompat", "compute-mean", "train_lmdb", "mean.binaryproto"])
 
     step("4. Train (caffe train)")
     write_models(work, iterations, val)
-    _command(["caffecompat", "train", "-solver", "solver.prototxt"], work, out, work / "train.log")
+    command(["caffecompat", "train", "-solver", "solver.prototxt"], work / "train.log")
     weights = f"snapshots/shapes_iter_{iterations}.caffemodel"
     if not (work / weights).is_file():
         raise CaffeCompatError(f"shapes example: training wrote no {work / weights}")
 
     step("5. Score the trained weights on the validation set (caffe test)")
     test_iter = str(fields["solver.prototxt"]["test_iter"])
-    _command(["caffecompat", "test", "-model", "train_val.prototxt", "-weights", weights, "-iterations", test_iter],
-             work, out, work / "test.log")
+    command(["caffecompat", "test", "-model", "train_val.prototxt", "-weights", weights, "-iterations", test_iter],
+            work / "test.log")
 
     step("6. Fine-tune from those weights with a new last layer (caffe train -weights)")
-    _command(["caffecompat", "train", "-solver", "finetune_solver.prototxt", "-weights", weights],
-             work, out, work / "finetune.log")
+    command(["caffecompat", "train", "-solver", "finetune_solver.prototxt", "-weights", weights],
+            work / "finetune.log")
 
     step("7. Export the deploy net with the trained weights to ONNX")
-    _command(["caffecompat", "convert", "deploy.prototxt", weights, "shapes.onnx"], work, out)
+    command(["caffecompat", "convert", "deploy.prototxt", weights, "shapes.onnx"])
 
     step("8. Classify the validation images with shapes.onnx and plain onnxruntime")
     classify = ["python", "-m", "caffecompat.examples.shapes.classify"]
-    _command([*classify, "images/val.txt", "--root", "images/"], work, out)
+    command([*classify, "images/val.txt", "--root", "images/"])
     first = (work / "images" / "val.txt").read_text().split()[0]
-    _command([*classify, f"images/{first}"], work, out)
+    command([*classify, f"images/{first}"])
 
     step(f"Done in {time.monotonic() - start:.0f} s. Outputs in {work}:")
     for path in sorted([*(work / "snapshots").iterdir(), *(work / "finetune_snapshots").iterdir(),
