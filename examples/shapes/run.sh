@@ -29,6 +29,12 @@ if ! command -v "$CAFFECOMPAT" >/dev/null 2>&1; then
     exit 1
 fi
 
+if ! "$PYTHON" -c 'import caffecompat.examples.shapes' >/dev/null 2>&1; then
+    echo "run.sh: '$PYTHON' cannot import caffecompat: set PYTHON to the Python of the environment" \
+         "caffecompat is installed in (PYTHON=.venv/bin/python)" >&2
+    exit 1
+fi
+
 step() { echo; echo "=== $*"; }
 START=$SECONDS
 
@@ -39,6 +45,9 @@ rm -rf images train_lmdb val_lmdb snapshots finetune_snapshots
 rm -f mean.binaryproto shapes.onnx labels.txt train.log test.log finetune.log \
       train_val.prototxt deploy.prototxt solver.prototxt finetune_train_val.prototxt finetune_solver.prototxt
 mkdir -p snapshots finetune_snapshots
+# The five model definitions, copied here first (the solvers rescaled when SHAPES_ITERATIONS or SHAPES_VAL
+# is set), so that sizes they cannot take stop the run before it starts.
+"$PYTHON" -m caffecompat.examples.shapes.models . --iterations "$ITERATIONS" --val "$VAL"
 
 step "1. Generate the images (images/, images/train.txt, images/val.txt)"
 "$PYTHON" -m caffecompat.examples.shapes.make_images images --train "$TRAIN" --val "$VAL" --seed 1
@@ -52,8 +61,6 @@ step "3. Compute the mean image (compute_image_mean)"
 "$CAFFECOMPAT" compute-mean train_lmdb mean.binaryproto
 
 step "4. Train (caffe train)"
-# The five model definitions, copied here (solvers rescaled when SHAPES_ITERATIONS/SHAPES_VAL are set).
-"$PYTHON" -m caffecompat.examples.shapes.models . --iterations "$ITERATIONS" --val "$VAL"
 "$CAFFECOMPAT" train -solver solver.prototxt 2>&1 | tee train.log
 WEIGHTS="snapshots/shapes_iter_$ITERATIONS.caffemodel"
 test -f "$WEIGHTS" || { echo "run.sh: training wrote no $WEIGHTS" >&2; exit 1; }
