@@ -12,7 +12,7 @@ does), then checked as a user and a packager meet them:
 
 The fresh environments are `venv --without-pip` with a .pth pointing at this
 environment's site-packages for the dependencies (no download, about a second);
-pip installs into them with --python and --no-deps. A .pth line adds a folder to
+pip installs into them with --python, --no-deps and --ignore-installed. A .pth line adds a folder to
 sys.path without running the .pth files inside it, so this environment's own
 (editable) caffecompat is not seen there; the tests check where it imports from.
 """
@@ -67,14 +67,19 @@ def _fresh_venv(where: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
     python = where / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=where).strip()
-    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    # This environment's package folders, those its own .pth files added included (not the repository).
+    ours = dict.fromkeys(p for p in (*(sysconfig.get_paths()[key] for key in ("purelib", "platlib")), *sys.path)
+                         if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()
+                         and not Path(p).resolve().is_relative_to(REPO))
     (Path(site) / "caffecompat-test-deps.pth").write_text("".join(f"{p}\n" for p in ours))
     return python
 
 
 def _pip_install(python: Path, target: Path, *flags: str) -> None:
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--quiet",
-          *flags, str(target)], cwd=python.parent)
+    # --ignore-installed: a caffecompat this environment has is seen there too, and must be neither taken as
+    # already installed nor uninstalled.
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+          "--ignore-installed", "--quiet", *flags, str(target)], cwd=python.parent)
 
 
 def _env_without_repo() -> dict[str, str]:
