@@ -67,10 +67,10 @@ def _fresh_venv(where: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
     python = where / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=where).strip()
-    # This environment's package folders, those its own .pth files added included (not the repository).
+    # This environment's package folders, those its own .pth files added included (never the repository root,
+    # whose caffecompat folder would hide the installed one).
     ours = dict.fromkeys(p for p in (*(sysconfig.get_paths()[key] for key in ("purelib", "platlib")), *sys.path)
-                         if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()
-                         and not Path(p).resolve().is_relative_to(REPO))
+                         if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir())
     (Path(site) / "caffecompat-test-deps.pth").write_text("".join(f"{p}\n" for p in ours))
     return python
 
