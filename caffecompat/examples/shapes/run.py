@@ -43,9 +43,10 @@ def _command(args: list[str], work: Path, out: TextIO, log: Path | None = None,
     program = [sys.executable, "-m", "caffecompat.cli", *args[1:]] if args[0] == "caffecompat" else \
         [sys.executable, *args[1:]]
     env = {**os.environ, **(glog_env or {})}
-    # The steps import the caffecompat running this, installed or not.
-    package_root = str(Path(caffecompat.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    # The steps import the caffecompat running this: a source tree used without installing it is put on their path.
+    package_root = Path(caffecompat.__file__).resolve().parent.parent
+    if package_root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH")) if p)
     kept = open(log, "w", encoding="utf-8") if log else None
     try:
         with subprocess.Popen(program, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -79,6 +80,7 @@ def run(work: str | Path, train: int = TRAIN_IMAGES, val: int = VALIDATION_IMAGE
 
     def command(args: list[str], log: Path | None = None) -> None:
         _command(args, work, out, log, glog_env)
+
     fields = schedule(iterations, val)  # checks the sizes before anything is made
     if train <= 0:
         raise CaffeCompatError(f"shapes example: --train {train}: give a positive number of training images")
