@@ -13,11 +13,15 @@ AttributeError whose one line says what to use instead.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
 from caffecompat.errors import NotSupportedError
 
-__version__ = "0.1.0"
+try:  # The version is written once, in pyproject.toml; an installed caffecompat's metadata carries it.
+    __version__ = importlib.metadata.version("caffecompat")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 # pycaffe's top-level names -> the module that defines each.
 _EXPORTS = {

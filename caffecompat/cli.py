@@ -38,6 +38,7 @@ COMMANDS = [
     "device_query",
     "parse_log",
     "plot",
+    "example",
 ]
 
 # Caffe's tool names (and other spellings) -> the subcommand and flags they stand for.

@@ -22,6 +22,17 @@ PROTO = ROOT / "proto"
 FORKS_PACKAGE = "caffe.forks"
 # Fields forks.proto adds to BVLC messages are numbered from here on.
 FORK_FIELD_BASE = 70000
+# The copyright notice of caffe.proto, kept in the bindings made from it (Caffe's BSD 2-Clause license, condition 1).
+BINDINGS_NOTICE = """\
+# Generated from proto/caffe.proto, BVLC Caffe's schema (github.com/BVLC/caffe), by proto/generate.py:
+#   All contributions by the University of California:
+#   Copyright (c) 2014-2017 The Regents of the University of California (Regents)
+#   All rights reserved.
+#   All other contributions:
+#   Copyright (c) 2014-2017, the respective contributors
+#   All rights reserved.
+# Redistributed under Caffe's BSD 2-Clause license: see LICENSE-BVLC beside this file.
+"""
 
 
 def compile_files(*names: str, proto_dir: pathlib.Path = PROTO) -> dict[str, descriptor_pb2.FileDescriptorProto]:
@@ -94,7 +105,16 @@ def main() -> int:
                               f"--python_out={out}", "caffe.proto"], capture_output=True, text=True)
     if run.returncode != 0:
         print(f"protoc failed:\n{run.stderr}", file=sys.stderr)
-    return run.returncode
+        return run.returncode
+    add_notice(out / "caffe_pb2.py")
+    return 0
+
+
+def add_notice(path: pathlib.Path) -> None:
+    """Put BINDINGS_NOTICE after the generated file's coding line (which must stay first)."""
+    first, rest = path.read_text(encoding="utf-8").split("\n", 1)
+    if not rest.startswith(BINDINGS_NOTICE):
+        path.write_text(f"{first}\n{BINDINGS_NOTICE}{rest}", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from tests.cli_run import run_cli
 from tests.mpi_run import mpiexec_or_skip, run_one, run_ranks
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = REPO / "models" / "shapes"
-SCALE = 0.0078125  # models/shapes/train_val.prototxt's transform_param scale
+MODELS = REPO / "caffecompat" / "examples" / "shapes"
+SCALE = 0.0078125  # caffecompat/examples/shapes/train_val.prototxt's transform_param scale
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,32 @@
-"""The bundled example (examples/shapes) and our model definitions (models/): fast checks, no training.
+"""The bundled shapes example (caffecompat/examples/shapes, examples/shapes): fast checks, no training.
 
-The full example (examples/shapes/run.sh) trains for about a minute; these
-tests check its pieces: the image generator, and that every prototxt under
-models/ parses and resolves.
+The full example (`caffecompat example shapes DIR`, examples/shapes/run.sh)
+trains for about a minute; these tests check its pieces: the image generator,
+every packaged prototxt parses and resolves, the shortened schedules, and the
+one-line errors of bad sizes. tests/test_release.py runs it end to end from a
+built wheel and from the clone.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from caffecompat.errors import CaffeCompatError
+from caffecompat.examples.shapes import models
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.formats.solver import read_solver_prototxt
 from caffecompat.net import spec
 from caffecompat.proto import caffe_pb2
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = REPO / "models"
+MODELS = REPO / "caffecompat" / "examples"
 SHAPES_MODELS = MODELS / "shapes"
 EXAMPLE = REPO / "examples" / "shapes"
 
@@ -95,7 +101,7 @@ def test_make_images_is_deterministic_and_seeded(tmp_path):
     assert img.shape == (40, 40, 3)
 
 
-# ---- models/ ---------------------------------------------------------------------------
+# ---- the packaged prototxts ---------------------------------------------------------------------------
 
 
 def test_models_folder_has_the_shapes_definitions():
@@ -163,12 +169,90 @@ def test_shapes_finetune_net_renames_only_the_last_layer():
 
 def test_shapes_solvers_cover_the_validation_set_and_snapshot_at_the_end():
     run_sh = (EXAMPLE / "run.sh").read_text()
-    assert "--val 400" in run_sh
+    # run.sh's default sizes are the ones the files are written for.
+    assert f"SHAPES_VAL:-{models.VALIDATION_IMAGES}}}" in run_sh
+    assert f"SHAPES_ITERATIONS:-{models.ITERATIONS}}}" in run_sh
+    assert 'WEIGHTS="snapshots/shapes_iter_$ITERATIONS.caffemodel"' in run_sh
     for name in ("solver.prototxt", "finetune_solver.prototxt"):
         solver = read_solver_prototxt(SHAPES_MODELS / name, resolve_snapshot_prefix=False)
         net = read_net_prototxt(SHAPES_MODELS / solver.net)
         test_batch = next(layer.data_param.batch_size for layer in net.layer
                           if layer.type == "Data" and any(r.phase == caffe_pb2.TEST for r in layer.include))
-        assert list(solver.test_iter) == [400 // test_batch]
+        assert test_batch == models.TEST_BATCH
+        assert list(solver.test_iter) == [models.VALIDATION_IMAGES // test_batch]
         assert solver.snapshot_after_train
-        assert f"_iter_{solver.max_iter}.caffemodel" in run_sh or name.startswith("finetune")
+    assert read_solver_prototxt(SHAPES_MODELS / "solver.prototxt", resolve_snapshot_prefix=False).max_iter == \
+        models.ITERATIONS
+
+
+# ---- the definitions copied into a work folder (caffecompat.examples.shapes.models) -------
+
+
+_SCHEDULE_FIELDS = ("max_iter", "test_interval", "stepsize", "display")
+
+
+def test_write_models_at_the_default_size_copies_the_files_byte_for_byte(tmp_path):
+    written = models.write_models(tmp_path)
+    assert sorted(p.name for p in written) == sorted(models.MODEL_FILES)
+    for path in written:
+        assert path.read_bytes() == (SHAPES_MODELS / path.name).read_bytes()
+
+
+def test_the_schedule_rule_at_600_gives_the_files_own_values():
+    # The rule that shortens a run, applied to the files' own size, must give back what the files say.
+    for name, fields in models.schedule(models.ITERATIONS, models.VALIDATION_IMAGES).items():
+        solver = read_solver_prototxt(SHAPES_MODELS / name, resolve_snapshot_prefix=False)
+        assert {f: getattr(solver, f) for f in _SCHEDULE_FIELDS} == {f: fields[f] for f in _SCHEDULE_FIELDS}, name
+        assert list(solver.test_iter) == [fields["test_iter"]]
+
+
+def test_write_models_shortened_keeps_everything_but_the_schedule(tmp_path):
+    models.write_models(tmp_path, iterations=60, val=100)
+    for name in models.MODEL_FILES:
+        if name not in models.SOLVERS:
+            assert (tmp_path / name).read_bytes() == (SHAPES_MODELS / name).read_bytes()
+            continue
+        short = read_solver_prototxt(tmp_path / name, resolve_snapshot_prefix=False)
+        full = read_solver_prototxt(SHAPES_MODELS / name, resolve_snapshot_prefix=False)
+        assert list(short.test_iter) == [2]  # 100 images / batch 50
+        expected = {"solver.prototxt": (60, 20, 40, 2), "finetune_solver.prototxt": (10, 5, 10, 2)}[name]
+        assert tuple(getattr(short, f) for f in _SCHEDULE_FIELDS) == expected
+        for f in (*_SCHEDULE_FIELDS, "test_iter"):
+            full.ClearField(f)
+            short.ClearField(f)
+        assert short == full, name
+        # Still a solver the training command reads, with its net beside it.
+        assert (tmp_path / short.net).is_file()
+
+
+@pytest.mark.parametrize("iterations, val, words", [
+    (0, 400, "--iterations 0"), (50, 400, "multiple of 12"), (-12, 400, "positive"),
+    (600, 30, "--val 30"), (600, 0, "multiple of 50")])
+def test_bad_sizes_are_one_line_errors(iterations, val, words):
+    with pytest.raises(CaffeCompatError, match=words):
+        models.schedule(iterations, val)
+
+
+def _run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_example_command_refuses_bad_sizes_and_a_file_as_folder(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for args, words in ((["w", "-val", "120"], "--val 120"), (["w", "-iterations", "7"], "--iterations 7"),
+                        (["afile"], "not a folder"), (["w", "-train", "0"], "--train 0")):
+        done = _run_module("-m", "caffecompat.cli", "example", "shapes", *args, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.count("\n") == 1 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not (tmp_path / "w").exists()  # nothing made before the sizes are checked
+    done = _run_module("-m", "caffecompat.examples.shapes", "w", "--val", "10", cwd=tmp_path)
+    assert done.returncode == 1 and "--val 10" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_the_clone_s_make_images_is_the_package_s(tmp_path):
+    clone = _load_make_images()
+    from caffecompat.examples.shapes import make_images
+    assert clone.main is make_images.main and clone.CLASSES == make_images.CLASSES
+    done = _run_module(str(EXAMPLE / "make_images.py"), "out", "--train", "4", "--val", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "out" / "train.txt").read_text().splitlines()) == 4

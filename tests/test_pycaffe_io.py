@@ -126,7 +126,7 @@ def test_draw_net_dot_source():
     pytest.importorskip("pydot", reason="caffecompat.draw needs pydot (pip install 'caffecompat[draw]')")
     from caffecompat import draw
 
-    net = read_net_prototxt(REPO / "models" / "shapes" / "train_val.prototxt")
+    net = read_net_prototxt(REPO / "caffecompat" / "examples" / "shapes" / "train_val.prototxt")
     dot = draw.draw_net(net, "LR", "dot", phase=caffe_pb2.TEST).decode()
     assert dot.startswith("digraph ShapesNet {") and "rankdir=LR" in dot
     assert '"conv1\\n(Convolution)\\nkernel size: 5\\nstride: 1\\npad: 2" [shape=record, fillcolor="#FF5050"' in dot

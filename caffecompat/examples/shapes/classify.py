@@ -5,8 +5,8 @@ The deploy net expects what the training net's Data layer gave it: a BGR image
 as 1 x 3 x 32 x 32, minus the mean image (mean.binaryproto), times 0.0078125
 (transform_param scale). Run from the example's work folder:
 
-    python classify.py images/val.txt --root images/     # accuracy over a list file
-    python classify.py some.png other.png                # top class of each image
+    python -m caffecompat.examples.shapes.classify images/val.txt --root images/   # accuracy over a list
+    python -m caffecompat.examples.shapes.classify some.png other.png              # top class of each
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from caffecompat.formats.blob import read_binaryproto
 
-SCALE = 0.0078125  # transform_param scale in models/shapes/train_val.prototxt
+SCALE = 0.0078125  # transform_param scale in train_val.prototxt (this folder)
 
 
 def main(argv: list[str] | None = None) -> int:
