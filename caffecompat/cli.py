@@ -19,7 +19,7 @@ import importlib
 import sys
 
 from caffecompat import __version__, gflags, glog
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, printable
 from caffecompat.formats import userproto
 
 # Subcommand modules, in the order `caffecompat --help` lists them.
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
     except CaffeCompatError as e:
-        print(f"caffecompat {resolve_alias(argv)[0][0]}: error: {e}", file=sys.stderr)
+        print(f"caffecompat {printable(resolve_alias(argv)[0][0])}: error: {printable(e)}", file=sys.stderr)
         return 1
     try:
         glog.configure(args.program, log_dir=args.log_dir, minloglevel=args.minloglevel,
@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         with userproto.using(getattr(args, "proto", None)):
             return int(args.func(args) or 0)
     except CaffeCompatError as e:
-        print(f"caffecompat {args.command}: error: {e}", file=sys.stderr)
-        glog.to_files("E", "caffecompat", f"caffecompat {args.command}: error: {e}")
+        # One line whatever the message holds: names from files are escaped (errors.printable).
+        print(f"caffecompat {args.command}: error: {printable(e)}", file=sys.stderr)
+        glog.to_files("E", "caffecompat", f"caffecompat {args.command}: error: {printable(e)}")
         return 1
     except MemoryError:
         print(f"caffecompat {args.command}: error: out of memory: the net, its batches or a file being read need "
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         # A system error no check anticipated (a failing disk, a file vanishing): one line naming it.
         where = f"{e.filename}: " if e.filename else ""
-        print(f"caffecompat {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"caffecompat {args.command}: error: {printable(where)}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"caffecompat {args.command}: interrupted", file=sys.stderr)

@@ -1,0 +1,229 @@
+"""Hostile data: damaged LMDB pages, labels outside the classes, impossible blob shapes, unbounded reads.
+
+Each case ends as one clean line (exit status 1) naming the file, or as the
+right behaviour; never a traceback, a signal death, a hang or a silent wrong number.
+Cases that could kill the interpreter (liblmdb's SIGBUS/SIGABRT without the
+page check) run in a child process.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffecompat.data import db as dbs
+from caffecompat.errors import DamagedDataError, printable
+from tests import fuzz
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """tests/fuzz.py's small valid assets."""
+    folder = tmp_path_factory.mktemp("assets")
+    fuzz.make_assets(folder)
+    return folder
+
+
+@pytest.fixture
+def work(assets, tmp_path, monkeypatch) -> Path:
+    """A private copy of the assets, as the working directory."""
+    folder = tmp_path / "work"
+    shutil.copytree(assets, folder)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "caffecompat.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _lmdb(path: Path, records: int, labels: list[float] | None = None) -> None:
+    """An LMDB of `records` 3 x 8 x 8 Datums (about 16 to a leaf page), labels i % 4 unless given."""
+    from caffecompat.data import datum
+    from caffecompat.data.lmdb_writer import LmdbWriter
+
+    shutil.rmtree(path, ignore_errors=True)
+    writer = LmdbWriter(str(path))
+    rng = np.random.default_rng(1)
+    for i in range(records):
+        img = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        d = datum.from_image(img, i % 4)
+        if labels is not None:
+            d.label = int(labels[i % len(labels)])
+        writer.put(f"{i:08d}".encode(), d.SerializeToString())
+    writer.finish()
+
+
+def _poke(path: Path, offset: int, data: bytes) -> None:
+    with open(path / "data.mdb", "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+# --- LMDB page structures -------------------------------------------------------------
+
+
+def _reads_all(path: Path) -> list[tuple[bytes, bytes]]:
+    reader = dbs.open_reader(str(path), "lmdb", "layer")
+    try:
+        return list(reader.records())
+    finally:
+        reader.close()
+
+
+def test_page_check_reads_what_liblmdb_reads(work):
+    # The checked walk yields py-lmdb's own cursor order, on one-leaf, multi-leaf and overflow databases.
+    import lmdb
+
+    for n in (1, 200):
+        _lmdb(work / f"db{n}", n)
+        env = lmdb.open(str(work / f"db{n}"), readonly=True, lock=False)
+        with env.begin() as txn:
+            expected = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        env.close()
+        assert _reads_all(work / f"db{n}") == expected
+    reader = dbs.open_reader(str(work / "db200"), "lmdb", "layer")
+    assert len(reader.pages.leaves) > 5  # several leaves: the lazy per-leaf check is exercised
+    it = reader.cycle()
+    assert [next(it)[0] for _ in range(450)] == [f"{i % 200:08d}".encode() for i in range(450)]
+    reader.close()
+    for golden in ("train_32", "val_encoded_png"):  # databases written by the original Caffe
+        path = Path(__file__).parent.parent.parent / "shared" / "caffe-golden" / "lmdb" / golden
+        if path.exists():
+            assert len(_reads_all(path)) in (40, 160)
+
+
+@pytest.mark.parametrize("what, poke, message", [
+    ("leaf flags say branch", lambda leaf: (leaf + 10, struct.pack("<H", 1)), "should be a leaf page"),
+    ("leaf page number", lambda leaf: (leaf, struct.pack("<Q", 77)), "should be a leaf page"),
+    ("leaf lower bound", lambda leaf: (leaf + 12, struct.pack("<H", 9000)), "corrupt bounds"),
+    ("leaf node offset", lambda leaf: (leaf + 16, struct.pack("<H", 4095)), "node offset 4095"),
+])
+def test_damaged_leaf_page_is_one_line_in_a_child(work, what, poke, message):
+    # Without the check liblmdb dies here (IS_LEAF assertion: SIGABRT; wild offsets: SIGSEGV/SIGBUS).
+    _lmdb(work / "db", 200)
+    reader = dbs.open_reader(str(work / "db"), "lmdb", "layer")
+    leaf = reader.pages.leaves[3] * reader.pages.psize
+    reader.close()
+    _poke(work / "db", *poke(leaf))
+    done = _cli("compute-mean", "db", "m.binaryproto", cwd=work)
+    assert done.returncode == 1, (what, done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if ": error: " in x]
+    assert "LMDB database db is damaged: page" in line and message in line, line
+    assert not (work / "m.binaryproto").exists()
+
+
+def test_damaged_branch_page_is_refused_at_open(work):
+    _lmdb(work / "db", 200)
+    reader = dbs.open_reader(str(work / "db"), "lmdb", "layer")
+    pages = reader.pages
+    assert pages.depth == 2
+    # The root is the branch page: point its first child outside the file.
+    root = pages.root
+    reader.close()
+    base = root * 4096
+    raw = (work / "db" / "data.mdb").read_bytes()
+    (first,) = struct.unpack_from("<H", raw, base + 16)
+    _poke(work / "db", base + first, struct.pack("<HH", 0xFFFF, 0x7FFF))
+    with pytest.raises(DamagedDataError, match="lies outside the database"):
+        dbs.open_reader(str(work / "db"), "lmdb", "layer")
+
+
+# Reads each database given in its own fork of one single-threaded process; prints exit-N or signal-N.
+_READ_EACH_IN_A_FORK = """
+import os, sys
+from caffecompat.data import db
+from caffecompat.errors import CaffeCompatError
+for path in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        os.close(2)
+        try:
+            reader = db.open_reader(path, "lmdb", "layer")
+            list(reader.records())
+            os._exit(0)
+        except CaffeCompatError:
+            os._exit(1)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    print(f"signal-{os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit-{os.WEXITSTATUS(status)}")
+"""
+
+
+def test_random_page_header_damage_never_kills(work):
+    # Random bytes written over the headers and node arrays of the tree's pages: each read is a record
+    # list or one DamagedDataError, in a child so that a miss would show as a signal, not kill pytest.
+    _lmdb(work / "src", 300)
+    raw = (work / "src" / "data.mdb").read_bytes()
+    tree = [p for p in range(2, len(raw) // 4096) if struct.unpack_from("<H", raw, p * 4096 + 10)[0] in (1, 2)]
+    r = random.Random(5)
+    cases = []
+    for case in range(40):
+        dst = work / f"c{case}"
+        shutil.copytree(work / "src", dst)
+        page = r.choice(tree) * 4096
+        buf = bytearray(raw[page:page + 64])
+        for _ in range(r.randint(1, 6)):
+            buf[r.randrange(64)] = r.randrange(256)
+        _poke(dst, page, bytes(buf))
+        cases.append(str(dst))
+    done = subprocess.run([sys.executable, "-c", _READ_EACH_IN_A_FORK, *cases], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcomes: dict[str, int] = {}
+    for key in done.stdout.split():
+        outcomes[key] = outcomes.get(key, 0) + 1
+    assert set(outcomes) <= {"exit-0", "exit-1"}, outcomes
+    assert outcomes.get("exit-1", 0) > 10, outcomes
+
+
+def test_train_with_a_damaged_page_snapshots_and_stops(work):
+    _lmdb(work / "db", 200)
+    reader = dbs.open_reader(str(work / "db"), "lmdb", "layer")
+    leaf = reader.pages.leaves[6] * reader.pages.psize
+    reader.close()
+    _poke(work / "db", leaf + 10, struct.pack("<H", 1))  # a leaf whose header says branch
+    solver = (work / "solver.prototxt").read_text().replace("max_iter: 2", "max_iter: 200") \
+        .replace("snapshot: 2", "snapshot: 1000").replace("test_interval: 2", "test_interval: 1000")
+    (work / "solver.prototxt").write_text(solver)
+    done = _cli("train", "-solver", "solver.prototxt", cwd=work)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if ": error: " in x]
+    assert "LMDB database" in line and "db is damaged" in line
+    snaps = sorted(p.name for p in (work / "snap").iterdir() if p.suffix == ".solverstate")
+    assert len(snaps) == 1 and snaps[0] != "s_iter_0.solverstate", snaps
+    iteration = int(snaps[0].split("_iter_")[1].split(".")[0])
+    assert 10 <= iteration < 40  # leaf 6 holds records ~96..112; 4 records an iteration
+    assert f"Snapshotting to binary proto file snap/s_iter_{iteration}.caffemodel" in done.stderr
+
+
+# --- escaping ---------------------------------------------------------------------------
+
+
+def test_printable_escapes_terminal_controls():
+    assert printable("conv1/3x3") == "conv1/3x3"
+    assert printable("a\x1b]0;owned\x07b") == "a\\x1b]0;owned\\x07b"
+    assert printable(b"key\r\x1b[2J") == "key\\r\\x1b[2J"
+    assert printable(b"caf\xe9") == "caf\\xe9"
+    assert printable("x\ny", keep_newlines=True) == "x\ny"
+    assert printable(Path("d\x1b")) == "d\\x1b"
