@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from caffecompat.cli import main
 from caffecompat.data import db as dbs
-from caffecompat.errors import DamagedDataError, printable
+from caffecompat.errors import CaffeCompatError, DamagedDataError, printable
 from tests import fuzz
 
 
@@ -227,3 +229,74 @@ def test_printable_escapes_terminal_controls():
     assert printable(b"caf\xe9") == "caf\\xe9"
     assert printable("x\ny", keep_newlines=True) == "x\ny"
     assert printable(Path("d\x1b")) == "d\\x1b"
+
+
+# --- labels outside the classes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("label", [4, -1, 1 << 30])
+def test_train_and_test_refuse_labels_outside_the_classes(work, capsys, label):
+    # The fuzz net classifies into 4 classes (ip2 num_output: 4); labels 0..3 are valid.
+    _lmdb(work / "db", 24, labels=[0, 1, 2, 3, 1, label])
+    assert main(["train", "-solver", "solver.prototxt"]) == 1
+    line = _error_line(capsys)
+    assert f"layer 'loss' (SoftmaxWithLoss): label {label:g} at item 1 of bottom 'label' " \
+           "(db record '00000005') is outside [0, 4)" in line, line
+    assert main(["test", "-model", "net.prototxt", "-weights", "weights.caffemodel", "-iterations", "2"]) == 1
+    line = _error_line(capsys)
+    # TEST batches are 3: record 5 is item 2 of the second; Accuracy comes first in the net.
+    assert "layer 'accuracy' (Accuracy): label" in line and "item 2" in line and "record '00000005'" in line
+
+
+def test_valid_labels_and_ignore_label_pass(work, capsys):
+    _lmdb(work / "db", 24, labels=[0, 1, 2, 3])
+    assert main(["train", "-solver", "solver.prototxt"]) == 0
+    net = (work / "net.prototxt").read_text().replace(
+        'bottom: "label" top: "loss" }', 'bottom: "label" top: "loss" loss_param { ignore_label: 7 } }').replace(
+        'top: "accuracy" include', 'top: "accuracy" accuracy_param { ignore_label: 7 } include')
+    (work / "net.prototxt").write_text(net)
+    _lmdb(work / "db", 24, labels=[0, 1, 7, 3])
+    assert main(["train", "-solver", "solver.prototxt"]) == 0
+    assert main(["test", "-model", "net.prototxt", "-weights", "weights.caffemodel", "-iterations", "2"]) == 0
+    capsys.readouterr()
+
+
+DEPLOY_WITH_LOSS = """name: "L"
+layer { name: "x" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "y" top: "acc" }
+"""
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 2.5], "label 2.5 at item 1 of bottom 'y' is not an integer"),
+    ([3, 0], "label 3 at item 0 of bottom 'y' is outside [0, 3)"),
+    ([1e9, 0], "label 1e+09 at item 0 of bottom 'y' is outside [0, 3)"),
+    ([float("nan"), 0], "label nan at item 0"),
+])
+def test_pycaffe_forward_refuses_bad_labels(tmp_path, labels, message):
+    import caffecompat as caffe
+
+    (tmp_path / "n.prototxt").write_text(DEPLOY_WITH_LOSS)
+    net = caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST)
+    net.blobs["x"].data[...] = [[1, 2, 3], [3, 2, 1]]
+    net.blobs["y"].data[...] = [2, 0]
+    out = net.forward()
+    # A hand-computed case: -log softmax at the labels, averaged; both items scored right.
+    logp = np.log(np.exp([3, 3]) / np.exp([1, 2, 3]).sum())
+    assert np.isclose(out["loss"], -logp.mean(), rtol=1e-5) and out["acc"] == 1
+    net.blobs["y"].data[...] = labels
+    with pytest.raises(CaffeCompatError, match=re.escape("layer 'loss' (SoftmaxWithLoss): " + message)):
+        net.forward()
+
+
+def test_sigmoid_cross_entropy_targets_are_not_labels(tmp_path):
+    import caffecompat as caffe
+
+    (tmp_path / "n.prototxt").write_text("""name: "S"
+layer { name: "x" type: "Input" top: "x" top: "t" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss" }
+""")
+    net = caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST)
+    net.blobs["t"].data[...] = 0.25  # targets in [0, 1], not class indices
+    net.forward()
