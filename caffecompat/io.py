@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from caffecompat.errors import CaffeCompatError
+from caffecompat.formats.blob import blob_shape
 from caffecompat.proto import caffe_pb2
 
 # scikit-image's rgb2gray weights (ITU-R BT.709 luma), which pycaffe's load_image(color=False) used.
@@ -31,9 +32,7 @@ def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> 
     values = np.array(blob.diff if return_diff else blob.data, dtype=np.float64)
     if not values.size:
         values = np.array(blob.double_diff if return_diff else blob.double_data, dtype=np.float64)
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return values.reshape(blob.num, blob.channels, blob.height, blob.width)
-    return values.reshape(tuple(blob.shape.dim))
+    return values.reshape(blob_shape(blob, "BlobProto"))
 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None) -> caffe_pb2.BlobProto:

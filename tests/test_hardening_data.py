@@ -300,3 +300,43 @@ layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top
     net = caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST)
     net.blobs["t"].data[...] = 0.25  # targets in [0, 1], not class indices
     net.forward()
+
+
+# --- blob shapes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims, values, message", [
+    ([-1, -8192], 8192, "has a negative dimension"),
+    ([1] * 65, 1, "has 65 axes; Caffe's blobs have at most 32"),
+    ([1] * 33, 1, "has 33 axes"),
+    ([1 << 32, 1 << 32], 0, "beyond Caffe's limit of 2147483647"),
+    ([1 << 31, 1 << 31, 1 << 2], 0, "beyond Caffe's limit"),
+])
+def test_impossible_blob_shapes_are_one_line(work, capsys, dims, values, message):
+    from caffecompat.proto import caffe_pb2
+
+    net = caffe_pb2.NetParameter.FromString((work / "weights.caffemodel").read_bytes())
+    blob = net.layer[[lp.name for lp in net.layer].index("ip1")].blobs[0]
+    blob.shape.dim[:] = dims
+    del blob.data[:]
+    blob.data.extend([0.5] * values)
+    (work / "bad.caffemodel").write_bytes(net.SerializeToString())
+    assert main(["test", "-model", "net.prototxt", "-weights", "bad.caffemodel", "-iterations", "1"]) == 1
+    line = _error_line(capsys)
+    assert "bad.caffemodel" in line and message in line, line
+    assert main(["convert", "deploy.prototxt", "bad.caffemodel", "out.onnx"]) == 1
+    assert message in _error_line(capsys)
+    import caffecompat as caffe
+
+    with pytest.raises(CaffeCompatError, match=re.escape(message)):
+        caffe.Net("deploy.prototxt", caffe.TEST, weights="bad.caffemodel")
+    # A mean file with the same shape.
+    mean = caffe_pb2.BlobProto()
+    mean.shape.dim[:] = dims
+    mean.data.extend([0.5] * values)
+    (work / "mean.binaryproto").write_bytes(mean.SerializeToString())
+    assert main(["test", "-model", "net.prototxt", "-weights", "weights.caffemodel", "-iterations", "1"]) == 1
+    line = _error_line(capsys)
+    assert "mean.binaryproto" in line and message in line, line
+    with pytest.raises(CaffeCompatError, match=re.escape(message)):
+        caffe.io.blobproto_to_array(mean)
