@@ -340,3 +340,49 @@ def test_impossible_blob_shapes_are_one_line(work, capsys, dims, values, message
     assert "mean.binaryproto" in line and message in line, line
     with pytest.raises(CaffeCompatError, match=re.escape(message)):
         caffe.io.blobproto_to_array(mean)
+
+
+# --- other tracebacks ------------------------------------------------------------------------
+
+
+def test_group_zero_is_refused(tmp_path, capsys):
+    (tmp_path / "g.prototxt").write_text("""name: "g"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 4 dim: 5 dim: 5 } } }
+layer { name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 4 kernel_size: 3 group: 0 } }
+""")
+    assert main(["time", "-model", str(tmp_path / "g.prototxt"), "-iterations", "1"]) == 1
+    assert "layer 'c' (Convolution): convolution_param.group is 0; it must be at least 1" in _error_line(capsys)
+
+
+def test_lmdb_paths_with_non_utf8_bytes(work, capsys):
+    # convert-lmdb writes it, compute-mean and train read it; names are printed escaped.
+    import cv2
+
+    if sys.platform == "darwin":
+        pytest.skip("macOS file systems refuse names that are not UTF-8")
+    (work / "img").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(work / "img" / f"{i}.png"), np.full((8, 8, 3), 40 * i, np.uint8))
+    (work / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(4)))
+    name = os.fsdecode(b"db\xff")
+    assert main(["convert-lmdb", "img/", "list.txt", name]) == 0
+    err = capsys.readouterr().err
+    assert "Opened lmdb db\\xff" in err and "\udcff" not in err
+    assert sorted(os.listdir(b".")).count(b"db\xff") == 1
+    assert not [n for n in os.listdir(b".") if b"caffecompat-tmp" in n]
+    assert main(["compute-mean", name, "m.binaryproto"]) == 0
+    from caffecompat.formats.blob import read_binaryproto
+
+    # Hand-computed: the four images are 0, 40, 80 and 120 everywhere.
+    assert np.allclose(read_binaryproto("m.binaryproto"), 60)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("shape, message", [
+    ("1,3,18446744073709551617,6", "beyond Caffe's limit of 2147483647"),
+    (",".join(["1"] * 40), "has 40 axes"),
+])
+def test_oversized_input_shape_is_one_line(work, capsys, shape, message):
+    assert main(["convert", "-input_shape", shape, "deploy.prototxt", "weights.caffemodel", "o.onnx"]) == 1
+    line = _error_line(capsys)
+    assert f"-input_shape {shape}" in line and message in line

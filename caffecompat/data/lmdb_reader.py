@@ -242,7 +242,8 @@ def open_env(path: str, where: str) -> lmdb.Environment:
             _ENVS[key][1] += 1
             return _ENVS[key][0]
         try:
-            env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
+            # Bytes: py-lmdb would encode a str path as UTF-8, failing on a folder with other bytes.
+            env = lmdb.open(os.fsencode(path), readonly=True, lock=False, readahead=False, subdir=True)
         except lmdb.Error as e:
             raise CaffeCompatError(f"{prefix}cannot open LMDB database {path}: {e}") from None
         _ENVS[key] = [env, 1]

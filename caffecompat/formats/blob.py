@@ -19,22 +19,21 @@ MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 MAX_BLOB_COUNT = 2**31 - 1  # Blob::Reshape: CHECK_LE(shape[i], INT_MAX / count_), "blob size exceeds INT_MAX"
 
 
-def check_shape(shape: tuple[int, ...], where: str) -> int:
+def check_shape(shape: tuple[int, ...], where: str, fix: str = "the file is damaged or not Caffe's") -> int:
     """The element count of a blob shape read from a file, in Python integers; a shape Caffe's
     Blob::Reshape refuses (a negative dim, more than kMaxBlobAxes axes, a count beyond INT_MAX)
     raises a CaffeCompatError naming `where`."""
     if len(shape) > MAX_BLOB_AXES:
         raise CaffeCompatError(f"{where}: its shape has {len(shape)} axes; Caffe's blobs have at most "
-                               f"{MAX_BLOB_AXES} (kMaxBlobAxes): the file is damaged or not Caffe's")
+                               f"{MAX_BLOB_AXES} (kMaxBlobAxes): {fix}")
     count = 1
     for d in shape:
         if d < 0:
-            raise CaffeCompatError(f"{where}: its shape {list(shape)} has a negative dimension; "
-                                   "the file is damaged or not Caffe's")
+            raise CaffeCompatError(f"{where}: its shape {list(shape)} has a negative dimension; {fix}")
         count *= d
     if count > MAX_BLOB_COUNT:
         raise CaffeCompatError(f"{where}: its shape {list(shape)} holds {count} values, beyond Caffe's limit of "
-                               f"{MAX_BLOB_COUNT} (INT_MAX) per blob: the file is damaged or not Caffe's")
+                               f"{MAX_BLOB_COUNT} (INT_MAX) per blob: {fix}")
     return count
 
 
