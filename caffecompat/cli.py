@@ -85,6 +85,9 @@ def _add_glog_flags(parser: argparse.ArgumentParser) -> None:
                        help="log only severities >= N: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL (default 0)")
     group.add_argument("-logtostderr", "--logtostderr", dest="logtostderr", action="store_true", default=None,
                        help="log to stderr only, write no log files")
+    parser.add_argument("-max_image_pixels", "--max_image_pixels", dest="max_image_pixels", type=int, default=None,
+                        metavar="N", help="refuse image files and encoded records above N pixels before decoding "
+                                          "them (default $CAFFECOMPAT_MAX_IMAGE_PIXELS, else 89478485 as PIL)")
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         glog.configure(args.program, log_dir=args.log_dir, minloglevel=args.minloglevel,
                        logtostderr=args.logtostderr)
+        if args.max_image_pixels is not None or "caffecompat.data.image_io" in sys.modules:
+            from caffecompat.data import image_io  # imports OpenCV: only when images may be read
+
+            image_io.set_max_pixels(args.max_image_pixels)
         # -proto FILE: every file this command reads is read with that schema.
         with userproto.using(getattr(args, "proto", None)):
             return int(args.func(args) or 0)

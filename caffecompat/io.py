@@ -90,9 +90,11 @@ def load_image(filename: str, color: bool = True) -> np.ndarray:
     """An image file as float32 H x W x 3 RGB in [0, 1] (H x W x 1 grey with color=False)."""
     import cv2
 
-    from caffecompat.data.image_io import read_file
+    from caffecompat.data.image_io import check_pixels, read_file
 
-    raw = np.frombuffer(read_file(str(filename)), np.uint8)
+    data = read_file(str(filename))
+    check_pixels(data, str(filename))
+    raw = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise CaffeCompatError(f"{filename}: not an image OpenCV can decode")

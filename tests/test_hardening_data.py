@@ -386,3 +386,105 @@ def test_oversized_input_shape_is_one_line(work, capsys, shape, message):
     assert main(["convert", "-input_shape", shape, "deploy.prototxt", "weights.caffemodel", "o.onnx"]) == 1
     line = _error_line(capsys)
     assert f"-input_shape {shape}" in line and message in line
+
+
+# --- unbounded reads ---------------------------------------------------------------------------
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small real PNG whose IHDR is rewritten to claim width x height (a decompression bomb's header)."""
+    import cv2
+
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    struct.pack_into(">II", data, 16, width, height)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_only_regular_files_are_read(work, capsys, kind):
+    target = {"device": Path("/dev/zero"), "fifo": work / "pipe", "directory": work / "snap"}[kind]
+    if kind == "fifo":
+        os.mkfifo(target)
+    expect = {"fifo": "is a FIFO (named pipe)", "device": "is a device", "directory": "is a directory"}[kind]
+    # A net, weights, a mean, an image list and an image: each refused in one line, none read or waited on.
+    assert main(["test", "-model", str(target), "-weights", "weights.caffemodel"]) == 1
+    assert expect in _error_line(capsys)
+    assert main(["test", "-model", "net.prototxt", "-weights", str(target)]) == 1
+    assert expect in _error_line(capsys)
+    (work / "list.txt").write_text("a.png 0\n")
+    (work / "img").mkdir()
+    os.symlink(target, work / "img" / "a.png")
+    assert main(["convert-lmdb", "img/", "list.txt", "out_db"]) in (0, 1)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expect in err, err[-2000:]
+    assert main(["convert-lmdb", "img/", str(target), "out_db2"]) == 1
+    assert (expect if kind != "directory" else "is a folder, not a list file") in _error_line(capsys)
+    if kind == "directory":
+        return  # classify reads a folder as a folder of images
+    # classify skips an unreadable image with an error line, as it does for any other.
+    main(["classify", "-model", "deploy.prototxt", "-weights", "weights.caffemodel", str(work / "img" / "a.png")])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"a.png: {expect}, expected an image file" in err
+
+
+def test_images_beyond_the_pixel_budget_are_refused_before_decoding(work, capsys, monkeypatch):
+    import tracemalloc
+
+    from caffecompat.data import image_io
+
+    (work / "img").mkdir()
+    (work / "img" / "bomb.png").write_bytes(_png_claiming(30000, 30000))
+    (work / "list.txt").write_text("bomb.png 0\n")
+    tracemalloc.start()
+    main(["classify", "-model", "deploy.prototxt", "-weights", "weights.caffemodel", str(work / "img" / "bomb.png")])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    line = capsys.readouterr().err  # classify skips the image with an error line
+    assert "Traceback" not in line
+    assert "bomb.png: image of 30000 x 30000 = 900000000 pixels is larger than the limit of 89478485" in line
+    assert peak < 100 << 20  # refused from its header: nothing near 2.7 GB was allocated
+    # The budget is a flag and an environment variable: a 20 x 20 image passes 400 and fails 399.
+    import cv2
+
+    cv2.imwrite(str(work / "img" / "small.png"), np.full((20, 20, 3), 7, np.uint8))
+    (work / "list.txt").write_text("small.png 0\n")
+    # convert-lmdb skips an image it cannot read, as Caffe's convert_imageset does, saying why.
+    main(["convert-lmdb", "-max_image_pixels", "399", "img/", "list.txt", "db399"])
+    assert "20 x 20 = 400 pixels is larger than the limit of 399" in capsys.readouterr().err
+    monkeypatch.setenv(image_io.MAX_PIXELS_ENV, "399")
+    main(["convert-lmdb", "img/", "list.txt", "db399b"])
+    assert "limit of 399" in capsys.readouterr().err
+    assert main(["convert-lmdb", "-max_image_pixels", "400", "img/", "list.txt", "db400"]) == 0
+    assert "larger than the limit" not in capsys.readouterr().err
+    assert len(_reads_all(work / "db400")) == 1
+    # An encoded Datum record claiming 30000 x 30000, read by a Data layer in train.
+    from caffecompat.data import datum
+    from caffecompat.data.lmdb_writer import LmdbWriter
+
+    monkeypatch.delenv(image_io.MAX_PIXELS_ENV)
+    shutil.rmtree(work / "db")
+    writer = LmdbWriter(str(work / "db"))
+    d = datum.from_image(np.zeros((8, 8, 3), np.uint8), 0)
+    d.encoded, d.data = True, _png_claiming(30000, 30000)
+    writer.put(b"00000000", d.SerializeToString())
+    writer.finish()
+    assert main(["train", "-solver", "solver.prototxt"]) == 1
+    line = _error_line(capsys)
+    assert "record '00000000'" in line and "30000 x 30000" in line, line
+
+
+def test_image_header_sizes_match_opencv():
+    # An independent reference: OpenCV's decoded shape for each format the header reader knows.
+    import cv2
+
+    from caffecompat.data.image_io import image_size
+
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for ext, params in [(".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".bmp", []),
+                        (".tiff", []), (".webp", []), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), (".ppm", []),
+                        (".pgm", [])]:
+        buf = cv2.imencode(ext, img[..., 0] if ext == ".pgm" else img, params)[1].tobytes()
+        h, w = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2]
+        assert image_size(buf) == (w, h), ext
+    assert image_size(b"not an image") is None
+    assert image_size(b"\x89PNG\r\n\x1a\n") is None  # too short to say

@@ -341,16 +341,7 @@ def _refuse_solverstate(p: Path) -> None:
 
 
 def _file_size(p: Path) -> int:
-    try:
-        if p.is_dir():
-            raise CaffeCompatError(f"{p}: is a directory, expected a {WHAT} file")
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise CaffeCompatError(f"{p}: no such {WHAT} file") from None
-    except OSError as e:
-        raise CaffeCompatError(f"{p}: cannot read {WHAT} file: {e.strerror}") from None
-    except ValueError:  # a NUL character, which no file name can hold
-        raise CaffeCompatError(f"{str(p)!r}: no such {WHAT} file (the name holds a NUL character)") from None
+    size = protofile.check_regular(p, WHAT)
     if size == 0:
         raise CaffeCompatError(f"{p}: {WHAT} file is empty")
     return size
