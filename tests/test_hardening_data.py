@@ -488,3 +488,57 @@ def test_image_header_sizes_match_opencv():
         assert image_size(buf) == (w, h), ext
     assert image_size(b"not an image") is None
     assert image_size(b"\x89PNG\r\n\x1a\n") is None  # too short to say
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+def test_extract_features_npy_beyond_free_space_is_refused(work, capsys):
+    # 2e9 batches of ip2 (3 x 4 floats): 96 GB, above a small disk's free space; refused before any file.
+    import shutil as sh
+
+    free = sh.disk_usage(work).free
+    batches = free // (3 * 4 * 4) + 10
+    assert main(["extract-features", "weights.caffemodel", "net.prototxt", "ip2", "feat", str(batches), "npy"]) == 1
+    line = _error_line(capsys)
+    assert f"npy output in {work}: {batches} batches of ip2 need" in line and "free" in line, line
+    assert not [p for p in os.listdir(work) if p.startswith("feat") or "caffecompat-tmp" in p]
+    # A size that fits is written.
+    assert main(["extract-features", "weights.caffemodel", "net.prototxt", "ip2", "feat", "2", "npy"]) == 0
+    assert np.load("feat").shape == (6, 4) if os.path.exists("feat") else np.load("feat.npy").shape == (6, 4)
+    capsys.readouterr()
+
+
+def test_in_place_message_names_the_top_index(tmp_path, capsys):
+    (tmp_path / "n.prototxt").write_text("""name: "n"
+layer { name: "x" type: "Input" top: "x" top: "y" input_param { shape { dim: 1 dim: 2 } shape { dim: 1 dim: 2 } } }
+layer { name: "r" type: "ReLU" bottom: "y" top: "x" }
+""")
+    assert main(["time", "-model", str(tmp_path / "n.prototxt"), "-iterations", "1"]) == 1
+    assert "not in place (top #0 must equal bottom #0)" in _error_line(capsys)
+
+
+def test_solver_naming_a_non_utf8_path_is_not_called_binary(tmp_path, capsys):
+    (tmp_path / "s.prototxt").write_bytes(b'base_lr: 0.1\nnet: "/data/caf\xe9/net.prototxt"\n')
+    assert main(["train", "-solver", str(tmp_path / "s.prototxt")]) == 1
+    line = _error_line(capsys)
+    assert "not supported: bytes that are not UTF-8 in a solver prototxt" in line and "s.prototxt:2" in line
+    assert "caf\\xe9" in line and "binary" not in line
+    (tmp_path / "b.prototxt").write_bytes(b"\x08\x00\xff\xfe")
+    assert main(["train", "-solver", str(tmp_path / "b.prototxt")]) == 1
+    assert "is not text (is it a binary file?)" in _error_line(capsys)
+
+
+def test_terminal_escapes_in_record_keys_are_printed_escaped(work, capsys):
+    from caffecompat.data import datum
+    from caffecompat.data.lmdb_writer import LmdbWriter
+
+    shutil.rmtree(work / "db")
+    writer = LmdbWriter(str(work / "db"))
+    d = datum.from_image(np.zeros((8, 8, 3), np.uint8), 9)  # label 9 of 4 classes: the error names the key
+    writer.put(b"\x1b]0;owned\x07\x1b[2J", d.SerializeToString())
+    writer.finish()
+    assert main(["train", "-solver", "solver.prototxt"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "record '\\x1b]0;owned\\x07\\x1b[2J'" in err

@@ -11,10 +11,11 @@ items go to its database (see caffecompat.data.feature_writer for the format).
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
-from caffecompat import glog
+from caffecompat import glog, outfiles
 from caffecompat.commands.common import add_proto_flag, flag, providers_and_device
 from caffecompat.data import db as dbs
 from caffecompat.data.feature_writer import FORMATS, ArrayFile, DatumSink, legacy_shape
@@ -105,6 +106,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_space(spec, blobs: list[str], values: list[str], outputs: list[str], batches: int, kind: str) -> None:
+    # npy and hdf5 outputs are sized up front: a size beyond the free space is refused before any file is made.
+    need: dict[str, int] = {}
+    for value, out in zip(values, outputs):
+        shape = spec.shapes[value]
+        folder = os.path.dirname(os.path.abspath(out))
+        need[folder] = need.get(folder, 0) + batches * int(np.prod(shape, dtype=object) if shape else 1) * 4
+    for folder, size in need.items():
+        free = outfiles.free_bytes(folder)
+        if free is not None and size > free:
+            raise CaffeCompatError(f"{kind} output in {folder}: {batches} batches of {', '.join(blobs)} need "
+                                   f"{outfiles.human_bytes(size)} but the disk has {outfiles.human_bytes(free)} "
+                                   "free; extract fewer batches or write to a larger disk")
+
+
 def extract_features(weights: str, model: str, blobs: list[str], outputs: list[str], batches: int, kind: str,
                      providers: list | None = None, overwrite: bool = False, progress: bool = True) -> list[int]:
     """Run `model` (TEST phase, `weights`) `batches` times and write each blob to its output; returns the
@@ -134,6 +150,8 @@ def extract_features(weights: str, model: str, blobs: list[str], outputs: list[s
         if kind in ("lmdb", "leveldb"):
             for blob, value in zip(blobs, values):
                 legacy_shape(spec.shapes[value], blob)  # a Datum holds at most 4 axes: refuse before writing
+        if kind not in ("lmdb", "leveldb"):
+            _check_space(spec, blobs, values, outputs, batches, kind)
         for blob, value, out in zip(blobs, values, outputs):
             glog.info("extract_features.cpp:125", f"Opening dataset {out}")
             if kind in ("lmdb", "leveldb"):

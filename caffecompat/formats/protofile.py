@@ -19,7 +19,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from caffecompat import outfiles
-from caffecompat.errors import CaffeCompatError, printable
+from caffecompat.errors import CaffeCompatError, NotSupportedError, printable
 
 M = TypeVar("M", bound=pb_message.Message)
 
@@ -130,8 +130,14 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
     data = read_bytes(path, what)
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CaffeCompatError(f"{path}: {what} is not text (is it a binary file?)") from None
+    except UnicodeDecodeError as e:
+        if b"\0" in data[:8192]:
+            raise CaffeCompatError(f"{printable(path)}: {what} is not text (is it a binary file?)") from None
+        # Text holding a path with non-UTF-8 bytes: protobuf's string fields (net:, source:, ...) hold UTF-8 only.
+        line = data.count(b"\n", 0, e.start) + 1
+        raise NotSupportedError(f"bytes that are not UTF-8 in a {what} ({printable(path)}:{line}: "
+                                f"{printable(data.splitlines()[line - 1][:200])}): protobuf's string fields hold "
+                                "UTF-8 text only; rename the file or folder it names to a UTF-8 name") from None
 
 
 def read_text(path: str | os.PathLike, cls: type[M], what: str) -> M:

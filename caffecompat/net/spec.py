@@ -139,7 +139,7 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
             in_place = j < len(lp.bottom) and lp.bottom[j] == t
             if t in current and not in_place:
                 raise node.error(f"top '{t}' is already produced by an earlier layer and this layer is "
-                                 "not in place (top #{j} must equal bottom #{j}); rename the top")
+                                 f"not in place (top #{j} must equal bottom #{j}); rename the top")
             seen_writes[t] = seen_writes.get(t, 0) + 1
             value = t if seen_writes[t] == writes[t] else f"{t}@{lp.name}"
             if value in values or value in writes and value != t:
