@@ -8,6 +8,7 @@ page check) run in a child process.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -542,3 +543,81 @@ def test_terminal_escapes_in_record_keys_are_printed_escaped(work, capsys):
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
     assert "record '\\x1b]0;owned\\x07\\x1b[2J'" in err
+
+
+# --- big prototxts -------------------------------------------------------------------------
+
+
+def _prototxts() -> list[Path]:
+    repo = Path(__file__).resolve().parent.parent
+    found = sorted(repo.glob("models/**/*.prototxt")) + sorted(repo.glob("examples/**/*.prototxt"))
+    shared = repo.parent / "shared"
+    if shared.exists():
+        found += sorted(shared.glob("**/*.prototxt"))
+    return found
+
+
+def test_fast_text_reader_equals_text_format():
+    # The reference is protobuf's own text_format: whatever the fast reader accepts it reads identically,
+    # on every prototxt at hand and on damaged variants of them; the rest falls back to text_format.
+    from google.protobuf import text_format
+
+    from caffecompat.formats import textproto
+    from caffecompat.proto import caffe_pb2
+
+    texts = [p.read_text(errors="replace") for p in _prototxts()] + [fuzz.NET, fuzz.SOLVER, fuzz.DEPLOY]
+    real = len(texts)
+    hostile = ['name: "a" "b"', "dim: 1e3", "dim: 010", "dim: -1", "dim: 0x10", "lr_mult: inf", "lr_mult: -inf",
+               "lr_mult: 1.5f", "phase: 1", "phase: 7", "bias_term: True", 'name: "\\x41\\303\\251"', "name: 'q'",
+               "dim: 99999999999", "num_output: 10bias_term: true", 'name: "a";', "dim: [1, 2]", "layer: { }",
+               "layer { top: 'x' } layer { }", "force_backward: t", "debug_info: 2", "name: 'x' # c\n"]
+    r = random.Random(3)
+    for _ in range(300):
+        t = fuzz.mutate_text(r.choice(texts[-3:]), r)
+        lines = t.splitlines()
+        lines.insert(r.randrange(len(lines) + 1), r.choice(hostile))
+        texts.append("\n".join(lines))
+    texts += hostile
+    fell_back = []
+    for k, text in enumerate(texts):
+        for cls in (caffe_pb2.NetParameter, caffe_pb2.SolverParameter):
+            msg = cls()
+            if not textproto.parse_fast(text, msg):
+                if k < real:
+                    try:
+                        text_format.Parse(text, cls())
+                        fell_back.append(k)
+                    except text_format.ParseError:
+                        pass
+                continue
+            ref = cls()
+            text_format.Parse(text, ref)  # raises if the fast reader accepted what protobuf refuses
+            assert msg == ref, text[:500]
+    assert not fell_back, [texts[k][:200] for k in fell_back]  # every real prototxt takes the fast path
+
+
+def _chain(n: int) -> str:
+    return 'name: "chain"\nlayer { name: "data" type: "Input" top: "r" input_param { shape { dim: 1 dim: 4 } } }\n' \
+        + "".join(f'layer {{ name: "relu{i}" type: "ReLU" bottom: "r" top: "r" }}\n' for i in range(1, n + 1))
+
+
+def test_reading_and_building_a_net_grows_linearly(tmp_path):
+    import time
+
+    from caffecompat.formats.net import read_net_prototxt
+    from caffecompat.net import spec as netspec
+    from caffecompat.proto import caffe_pb2
+
+    def cost(n: int) -> float:
+        (tmp_path / f"c{n}.prototxt").write_text(_chain(n))
+        best = math.inf
+        for _ in range(2):
+            t0 = time.perf_counter()
+            spec = netspec.build(read_net_prototxt(str(tmp_path / f"c{n}.prototxt")), caffe_pb2.TEST)
+            best = min(best, time.perf_counter() - t0)
+        assert len(spec.layers) == n + 1
+        return best
+
+    small, big = cost(2500), cost(20000)
+    assert big / small < 8 * 2.5, (small, big)  # 8x the layers: linear is 8x; quadratic would be 64x
+    assert big < 20, big  # about 1.5 s on a quiet core

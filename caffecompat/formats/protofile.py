@@ -18,8 +18,9 @@ from typing import TypeVar
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from caffecompat import outfiles
+from caffecompat import gcpause, outfiles
 from caffecompat.errors import CaffeCompatError, NotSupportedError, printable
+from caffecompat.formats import textproto
 
 M = TypeVar("M", bound=pb_message.Message)
 
@@ -105,6 +106,10 @@ def parse_text(text: str, cls: type[M], path: str | os.PathLike, what: str, *, s
     `schema` names the user's caffe.proto the class comes from (-proto), for the
     error about a field it lacks.
     """
+    msg = cls()
+    with gcpause.paused():
+        if textproto.parse_fast(text, msg):
+            return msg
     msg = cls()
     try:
         text_format.Parse(text, msg)

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from caffecompat import gcpause
 from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.layers import registry
 from caffecompat.layers.graph import FedInput, GraphBuilder
@@ -52,6 +53,17 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
         (of `diff_params`, default every parameter with lr_mult != 0) and, with blob_diffs, every blob's diff;
         `seeds` are values whose diff is a graph input (net.backward.seed_input_name).
     """
+    with gcpause.paused():
+        return _export(spec, params=params, params_as_inputs=params_as_inputs, outputs=outputs, training=training,
+                       loss_output=loss_output, opset=opset, backward=backward, blob_diffs=blob_diffs,
+                       diff_params=diff_params, seeds=seeds)
+
+
+def _export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
+            outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
+            opset: int = DEFAULT_OPSET, backward: BackwardPlan | None = None, blob_diffs: bool = False,
+            diff_params: list[str] | None = None, seeds: list[str] = ()) -> Exported:
+    # The public export() runs this with the garbage collector paused (caffecompat.gcpause).
     if not 7 <= opset <= MAX_OPSET:
         raise CaffeCompatError(f"opset {opset} is not supported: use an opset from 7 to {MAX_OPSET}")
     g = GraphBuilder(opset, training)
