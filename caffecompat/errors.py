@@ -36,8 +36,8 @@ def printable(name: object, keep_newlines: bool = False) -> str:
     if isinstance(name, bytes):
         name = name.decode("utf-8", errors="surrogateescape")
     text = str(name)
-    if text.isprintable():
-        return text
+    if text.isprintable() or (keep_newlines and text.replace("\n", "").replace("\t", "").isprintable()):
+        return text  # the common case, at C speed (a big net's log is megabytes)
     out = []
     for ch in text:
         if ch.isprintable() or (keep_newlines and ch in "\n\t"):
