@@ -19,7 +19,7 @@ import importlib
 import sys
 
 from caffecompat import __version__, gflags, glog
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, printable
 from caffecompat.formats import userproto
 
 # Subcommand modules, in the order `caffecompat --help` lists them.
@@ -87,6 +87,9 @@ def _add_glog_flags(parser: argparse.ArgumentParser) -> None:
                        help="log only severities >= N: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL (default 0)")
     group.add_argument("-logtostderr", "--logtostderr", dest="logtostderr", action="store_true", default=None,
                        help="log to stderr only, write no log files")
+    parser.add_argument("-max_image_pixels", "--max_image_pixels", dest="max_image_pixels", type=int, default=None,
+                        metavar="N", help="refuse image files and encoded records above N pixels before decoding "
+                                          "them (default $CAFFECOMPAT_MAX_IMAGE_PIXELS, else 89478485 as PIL)")
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
@@ -129,17 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
     except CaffeCompatError as e:
-        print(f"caffecompat {resolve_alias(argv)[0][0]}: error: {e}", file=sys.stderr)
+        print(f"caffecompat {printable(resolve_alias(argv)[0][0])}: error: {printable(e)}", file=sys.stderr)
         return 1
     try:
         glog.configure(args.program, log_dir=args.log_dir, minloglevel=args.minloglevel,
                        logtostderr=args.logtostderr)
+        if args.max_image_pixels is not None or "caffecompat.data.image_io" in sys.modules:
+            from caffecompat.data import image_io  # imports OpenCV: only when images may be read
+
+            image_io.set_max_pixels(args.max_image_pixels)
         # -proto FILE: every file this command reads is read with that schema.
         with userproto.using(getattr(args, "proto", None)):
             return int(args.func(args) or 0)
     except CaffeCompatError as e:
-        print(f"caffecompat {args.command}: error: {e}", file=sys.stderr)
-        glog.to_files("E", "caffecompat", f"caffecompat {args.command}: error: {e}")
+        # One line whatever the message holds: names from files are escaped (errors.printable).
+        print(f"caffecompat {args.command}: error: {printable(e)}", file=sys.stderr)
+        glog.to_files("E", "caffecompat", f"caffecompat {args.command}: error: {printable(e)}")
         return 1
     except MemoryError:
         print(f"caffecompat {args.command}: error: out of memory: the net, its batches or a file being read need "
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         # A system error no check anticipated (a failing disk, a file vanishing): one line naming it.
         where = f"{e.filename}: " if e.filename else ""
-        print(f"caffecompat {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"caffecompat {args.command}: error: {printable(where)}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"caffecompat {args.command}: interrupted", file=sys.stderr)

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 from caffecompat import glog, outfiles
 from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.formats import protofile
-from caffecompat.formats.blob import encode_varint
+from caffecompat.formats.blob import check_shape, encode_varint
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.layers import registry
 from caffecompat.net import spec as netspec
@@ -313,6 +313,7 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     if not shape or any(d <= 0 for d in shape):
         raise CaffeCompatError(f"-input_shape {text}: expected NAME:N,C,H,W with positive sizes, "
                                "e.g. -input_shape data:1,3,368,368")
+    check_shape(shape, f"-input_shape {text}", "give a smaller input")
     return name, shape
 
 

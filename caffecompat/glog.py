@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, printable
 
 SEVERITIES = "IWEF"
 _NAMES = ("INFO", "WARNING", "ERROR", "FATAL")
@@ -198,7 +198,8 @@ def set_terminal_bar(bar: object | None) -> None:
 def _emit(severity: str, where: str, message: str) -> None:
     now = time.time()
     # glog writes a multi-line message once: continuation lines carry no prefix.
-    line = format_line(severity, where, str(message).rstrip("\n"), now)
+    # Names taken from files (keys, layer names, paths) may hold terminal escapes: printed escaped.
+    line = format_line(severity, where, printable(str(message).rstrip("\n"), keep_newlines=True), now)
     for fn in list(_listeners):
         fn(severity, line)
     level = SEVERITIES.index(severity)

@@ -24,6 +24,7 @@ from typing import IO
 import numpy as np
 
 from caffecompat.errors import CaffeCompatError
+from caffecompat.formats.blob import blob_shape
 from caffecompat.proto import caffe_pb2
 
 # scikit-image's rgb2gray weights (ITU-R BT.709 luma), which pycaffe's load_image(color=False) used.
@@ -38,9 +39,7 @@ def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> 
     values = np.array(blob.diff if return_diff else blob.data, dtype=np.float64)
     if not values.size:
         values = np.array(blob.double_diff if return_diff else blob.double_data, dtype=np.float64)
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return values.reshape(blob.num, blob.channels, blob.height, blob.width)
-    return values.reshape(tuple(blob.shape.dim))
+    return values.reshape(blob_shape(blob, "BlobProto"))
 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None) -> caffe_pb2.BlobProto:
@@ -126,7 +125,10 @@ def load_image(filename: str | os.PathLike | IO[bytes], color: bool = True) -> n
     with color=False)."""
     import cv2
 
+    from caffecompat.data.image_io import check_pixels
+
     data, name = _image_bytes(filename)
+    check_pixels(data, name)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
         raise CaffeCompatError(f"{name}: not an image OpenCV can decode")

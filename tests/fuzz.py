@@ -4,9 +4,12 @@ Small valid assets (an LMDB, its mean, a train/test net, a deploy net, a
 caffemodel, a solver and a solverstate) are made in a folder; each case damages
 one of them (truncation, byte flips, a mutated field, a line dropped or
 repeated) and runs the commands that read it. LMDB damage is a truncated,
-emptied or missing data.mdb, damaged records, or flipped bits inside the
-stored values; not LMDB's own page structures, which liblmdb trusts (a
-flipped node offset makes it read outside its map and die, in Caffe too). Each case runs in a child forked
+emptied or missing data.mdb, damaged records, flipped bits inside the
+stored values, or random bytes over the page headers and node arrays of its
+B-tree (which liblmdb trusts; caffecompat checks them first). Other cases put
+a device (/dev/zero), a FIFO or a folder where a file is expected, or images
+whose headers claim 30000 x 30000 pixels (in a list, a folder and an LMDB
+record). Each case runs in a child forked
 from one process that has imported everything once, with a memory rlimit;
 the case fails when the child
 
@@ -259,7 +262,10 @@ def damage_lmdb(folder: Path, r: random.Random) -> str:
     from caffecompat.data.lmdb_writer import LmdbWriter
 
     data = folder / "db" / "data.mdb"
-    kind = r.choice(["truncate", "truncate", "records", "records", "missing", "empty", "flip_values"])
+    kind = r.choice(["truncate", "truncate", "records", "records", "missing", "empty", "flip_values", "pages",
+                     "pages", "pages"])
+    if kind == "pages":
+        return _damage_pages(folder, r)
     raw = data.read_bytes()
     if kind == "truncate":
         data.write_bytes(raw[: r.randrange(len(raw))])
@@ -311,6 +317,106 @@ def damage_lmdb(folder: Path, r: random.Random) -> str:
             writer.put(f"{i:08d}".encode(), value)
         writer.finish()
     return f"lmdb {kind}"
+
+
+def _damage_pages(folder: Path, r: random.Random) -> str:
+    """Rebuild db/ with enough records for branch and leaf pages, then write random bytes over the
+    header and node offsets of some of its tree pages."""
+    import struct
+
+    from caffecompat.data import datum
+    from caffecompat.data.lmdb_writer import LmdbWriter
+
+    shutil.rmtree(folder / "db")
+    writer = LmdbWriter(str(folder / "db"))
+    rng = np.random.default_rng(r.randrange(1 << 30))
+    for i in range(r.choice([RECORDS, 150, 400])):
+        d = datum.from_image(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8), i % 4)
+        writer.put(f"{i:08d}".encode(), d.SerializeToString())
+    writer.finish()
+    data = folder / "db" / "data.mdb"
+    buf = bytearray(data.read_bytes())
+    tree = [p for p in range(2, len(buf) // 4096) if struct.unpack_from("<H", buf, p * 4096 + 10)[0] in (1, 2)]
+    for _ in range(r.randint(1, 3)):
+        page = r.choice(tree) * 4096
+        for _ in range(r.randint(1, 6)):
+            buf[page + r.randrange(r.choice([16, 64, 4096]))] = r.randrange(256)
+    data.write_bytes(bytes(buf))
+    return "lmdb pages"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    import struct
+
+    import cv2
+
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    struct.pack_into(">II", data, 16, width, height)
+    return bytes(data)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    import struct
+
+    import cv2
+
+    data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    at = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, at + 5, height, width)
+    return bytes(data)
+
+
+def _not_a_file(path: Path, r: random.Random) -> str:
+    """Replace `path` by a device, a FIFO or a folder; returns which."""
+    kind = r.choice(["device", "fifo", "folder"])
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    return kind
+
+
+def damage_images(folder: Path, r: random.Random) -> str:
+    """An image folder and list with one hostile entry: a device, a FIFO, a folder or a bomb's header."""
+    import cv2
+
+    img = folder / "img"
+    img.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(img / f"{i}.png"), np.full((8, 8, 3), 60 * i, np.uint8))
+    (folder / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(4)))
+    kind = r.choice(["bomb_png", "bomb_jpg", "special", "special_list"])
+    if kind == "bomb_png":
+        (img / "3.png").write_bytes(_png_claiming(30000, 30000))
+    elif kind == "bomb_jpg":
+        (img / "3.png").write_bytes(_jpeg_claiming(60000, 60000))
+    elif kind == "special":
+        kind = _not_a_file(img / "3.png", r)
+    else:
+        kind = "list " + _not_a_file(folder / "list.txt", r)
+    return f"images {kind}"
+
+
+def damage_datum_image(folder: Path, r: random.Random) -> str:
+    """db/ with an encoded record whose header claims a huge image."""
+    from caffecompat.data import datum
+    from caffecompat.data.lmdb_writer import LmdbWriter
+
+    shutil.rmtree(folder / "db")
+    writer = LmdbWriter(str(folder / "db"))
+    huge = r.randrange(RECORDS)
+    for i in range(RECORDS):
+        d = datum.from_image(np.zeros((8, 8, 3), np.uint8), i % 4)
+        if i == huge:
+            d.encoded = True
+            d.data = _png_claiming(30000, 30000) if r.random() < 0.5 else _jpeg_claiming(50000, 50000)
+        writer.put(f"{i:08d}".encode(), d.SerializeToString())
+    writer.finish()
+    return "lmdb huge encoded record"
 
 
 # --- cases --------------------------------------------------------------------
@@ -396,7 +502,7 @@ def prepare(folder: Path, seed: int) -> Case:
     """Damage one asset of the valid copy in `folder` and say which commands to run."""
     r = random.Random(seed)
     target = r.choice(["net", "net", "solver", "solver", "deploy", "caffemodel", "caffemodel", "solverstate",
-                       "binaryproto", "lmdb", "lmdb"])
+                       "binaryproto", "lmdb", "lmdb", "images", "not_a_file", "datum_image"])
     # One case in ten is an HDF5 file pointing outside itself (drawn apart, so other seeds keep their cases).
     if random.Random(f"hdf5-{seed}").random() < 0.1:
         target = "hdf5"
@@ -437,6 +543,19 @@ def prepare(folder: Path, seed: int) -> Case:
         data = mutate_blob_fields(data, r, "BlobProto") if r.random() < 0.5 else mutate_binary(data, r)
         (folder / "mean.binaryproto").write_bytes(data)
         case.commands = [TEST_CMD, TRAIN_CMD]
+    elif target == "images":
+        case.how = damage_images(folder, r)
+        case.commands = [["convert-lmdb", "-resize_height", "8", "-resize_width", "8", "img/", "list.txt", "out/db"],
+                         ["convert-lmdb", "img/", "out/db2"],
+                         ["classify", "-model", "deploy.prototxt", "-weights", "weights.caffemodel", "img/3.png"]]
+    elif target == "not_a_file":
+        name = r.choice(["net.prototxt", "weights.caffemodel", "mean.binaryproto", "solver.prototxt",
+                         "state.solverstate", "deploy.prototxt"])
+        case.how = f"{name} {_not_a_file(folder / name, r)}"
+        case.commands = [TEST_CMD, TRAIN_CMD, RESUME_CMD, CONVERT_CMD]
+    elif target == "datum_image":
+        case.how = damage_datum_image(folder, r)
+        case.commands = [MEAN_CMD, TEST_CMD, TRAIN_CMD]
     else:
         case.how = damage_lmdb(folder, r)
         case.commands = [MEAN_CMD, TEST_CMD, TRAIN_CMD]
@@ -583,8 +702,17 @@ def fuzz(seeds: list[int], work: Path, report: Callable[[Case, Outcome, str], No
             if problem:
                 failures.append((case, outcome, problem))
                 if keep is not None:
-                    shutil.copytree(folder, keep / f"seed-{seed}", dirs_exist_ok=True)
+                    # Links stay links and FIFOs are left out: copying /dev/zero or a FIFO would never end.
+                    shutil.copytree(folder, keep / f"seed-{seed}", dirs_exist_ok=True, symlinks=True,
+                                    ignore=lambda d, names: [n for n in names if _special(Path(d) / n)])
     return failures
+
+
+def _special(path: Path) -> bool:
+    import stat
+
+    mode = path.lstat().st_mode
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
 
 
 def describe(case: Case, outcome: Outcome, problem: str) -> str:

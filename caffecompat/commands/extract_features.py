@@ -16,10 +16,11 @@ writes them, in order: the outputs are those of one process.
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
-from caffecompat import glog, parallel
+from caffecompat import glog, outfiles, parallel
 from caffecompat.commands.common import (
     add_processes_flag,
     add_proto_flag,
@@ -143,6 +144,21 @@ def _run(args: argparse.Namespace, blobs: list[str], outputs: list[str], batches
     extract_features(args.weights, args.model, blobs, outputs, batches, kind, providers, args.overwrite)
 
 
+def _check_space(spec, blobs: list[str], values: list[str], outputs: list[str], batches: int, kind: str) -> None:
+    # npy and hdf5 outputs are sized up front: a size beyond the free space is refused before any file is made.
+    need: dict[str, int] = {}
+    for value, out in zip(values, outputs):
+        shape = spec.shapes[value]
+        folder = os.path.dirname(os.path.abspath(out))
+        need[folder] = need.get(folder, 0) + batches * int(np.prod(shape, dtype=object) if shape else 1) * 4
+    for folder, size in need.items():
+        free = outfiles.free_bytes(folder)
+        if free is not None and size > free:
+            raise CaffeCompatError(f"{kind} output in {folder}: {batches} batches of {', '.join(blobs)} need "
+                                   f"{outfiles.human_bytes(size)} but the disk has {outfiles.human_bytes(free)} "
+                                   "free; extract fewer batches or write to a larger disk")
+
+
 def extract_features(weights: str, model: str, blobs: list[str], outputs: list[str], batches: int, kind: str,
                      providers: list | None = None, overwrite: bool = False, progress: bool = True) -> list[int]:
     """Run `model` (TEST phase, `weights`) `batches` times and write each blob to its output; returns the
@@ -174,6 +190,8 @@ def extract_features(weights: str, model: str, blobs: list[str], outputs: list[s
         if kind in ("lmdb", "leveldb"):
             for blob, value in zip(blobs, values):
                 legacy_shape(spec.shapes[value], blob)  # a Datum holds at most 4 axes: refuse before writing
+        if kind not in ("lmdb", "leveldb"):
+            _check_space(spec, blobs, values, outputs, batches, kind)
         for blob, value, out in zip(blobs, values, outputs):
             if not group.root:
                 break  # rank 0 alone writes

@@ -10,6 +10,7 @@ the random draws stay on the loader thread, so the output is deterministic.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from caffecompat.data import datum as datum_codec
 from caffecompat.data import db as dbs
 from caffecompat.data.source import PrefetchingSource, child_rng
 from caffecompat.data.transformer import Transformer
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, printable
 from caffecompat.glog import error, info
 from caffecompat.proto import caffe_pb2
 
@@ -36,8 +37,8 @@ def color_mode(param: caffe_pb2.TransformationParameter) -> datum_codec.ColorMod
 
 
 def key_text(key: bytes) -> str:
-    """A record key for messages."""
-    return key.decode("utf-8", errors="replace")
+    """A record key for messages, non-printable characters escaped (a key must not drive the terminal)."""
+    return printable(key)
 
 
 class DataLayerSource(PrefetchingSource):
@@ -59,6 +60,8 @@ class DataLayerSource(PrefetchingSource):
         self.source = param.source
         self.batch_size = int(param.batch_size)
         self.labels = len(layer.top) == 2
+        self._batch_keys: dict[int, list[bytes]] = {}  # id of a recent label batch -> its records' keys
+        self._keys_lock = threading.Lock()
         self.db = dbs.open_reader(os.path.abspath(param.source), backend, f"{self.where} data_param.source")
         try:
             info(*dbs.opened_line(backend, param.source))
@@ -96,7 +99,20 @@ class DataLayerSource(PrefetchingSource):
         self._map(lambda i: self.transformer.apply(decoded[i][0], draws[i], data[i]), list(range(len(draws))))
         if not self.labels:
             return [data]
-        return [data, np.array([label for _, label in decoded], dtype=np.float32)]
+        labels = np.array([label for _, label in decoded], dtype=np.float32)
+        with self._keys_lock:
+            self._batch_keys[id(labels)] = [key for key, _ in records]
+            while len(self._batch_keys) > 64:
+                self._batch_keys.pop(next(iter(self._batch_keys)))
+        return [data, labels]
+
+    def record_of(self, batch: np.ndarray, index: int) -> str:
+        """Where item `index` of a label batch this source made came from: its database and record key."""
+        with self._keys_lock:
+            keys = self._batch_keys.get(id(batch))
+        if keys is None or not 0 <= index < len(keys):
+            return f"from {self.source}"
+        return f"{self.source} record '{key_text(keys[index])}'"
 
     def _decode(self, record: tuple[bytes, bytes]) -> tuple[np.ndarray, int]:
         key, value = record

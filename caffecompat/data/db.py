@@ -67,21 +67,27 @@ class LmdbReader:
                                    "or pass -backend leveldb")
         self.path, self.where = path, where
         self.env = lmdb_reader.open_env(path, where)
+        try:
+            self.pages = lmdb_reader.PageCheck(path, where)
+        except BaseException:
+            lmdb_reader.close_env(self.env)
+            raise
 
     def count(self) -> int:
         return lmdb_reader.count(self.env)
 
     def first(self) -> tuple[bytes, bytes]:
-        return lmdb_reader.first(self.env, self.path, self.where)
+        return lmdb_reader.first(self.env, self.path, self.where, self.pages)
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
-        return lmdb_reader.records(self.env, self.path, self.where)
+        return lmdb_reader.records(self.env, self.path, self.where, self.pages)
 
     def cycle(self, on_restart: Callable[[], None] | None = None) -> Iterator[tuple[bytes, bytes]]:
-        return lmdb_reader.cycle(self.env, self.path, self.where, on_restart)
+        return lmdb_reader.cycle(self.env, self.path, self.where, self.pages, on_restart)
 
     def close(self) -> None:
         lmdb_reader.close_env(self.env)
+        self.pages.close()
 
 
 def open_reader(path: str, backend: int | str, where: str) -> Reader:

@@ -40,9 +40,10 @@ class LmdbWriter:
             # Files 0664 less the umask, as Caffe's db_lmdb.cpp opens them. No lock file: the folder is
             # ours alone until renamed, and LMDB maps its lock file, whose first write on a full disk
             # would be a SIGBUS rather than an error (readers create it when they need it).
-            self.env = lmdb.open(self.tmp, map_size=self._map_size, subdir=True, readahead=False, mode=0o664,
-                                 lock=False)
-        except lmdb.Error as e:
+            # py-lmdb encodes a str path as UTF-8: bytes keep a path with non-UTF-8 bytes as it is.
+            self.env = lmdb.open(os.fsencode(self.tmp), map_size=self._map_size, subdir=True, readahead=False,
+                                 mode=0o664, lock=False)
+        except (lmdb.Error, ValueError) as e:
             outfiles.discard(self.tmp)
             raise self._error(e) from None
         self._pending: list[tuple[bytes, bytes]] = []

@@ -15,27 +15,52 @@ from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import protofile
 from caffecompat.proto import caffe_pb2
 
+MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
+MAX_BLOB_COUNT = 2**31 - 1  # Blob::Reshape: CHECK_LE(shape[i], INT_MAX / count_), "blob size exceeds INT_MAX"
 
-def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
-    """The blob's shape: legacy num/channels/height/width when any is set, else BlobShape."""
+
+def check_shape(shape: tuple[int, ...], where: str, fix: str = "the file is damaged or not Caffe's") -> int:
+    """The element count of a blob shape read from a file, in Python integers; a shape Caffe's
+    Blob::Reshape refuses (a negative dim, more than kMaxBlobAxes axes, a count beyond INT_MAX)
+    raises a CaffeCompatError naming `where`."""
+    if len(shape) > MAX_BLOB_AXES:
+        raise CaffeCompatError(f"{where}: its shape has {len(shape)} axes; Caffe's blobs have at most "
+                               f"{MAX_BLOB_AXES} (kMaxBlobAxes): {fix}")
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise CaffeCompatError(f"{where}: its shape {list(shape)} has a negative dimension; {fix}")
+        count *= d
+    if count > MAX_BLOB_COUNT:
+        raise CaffeCompatError(f"{where}: its shape {list(shape)} holds {count} values, beyond Caffe's limit of "
+                               f"{MAX_BLOB_COUNT} (INT_MAX) per blob: {fix}")
+    return count
+
+
+def blob_shape(blob: caffe_pb2.BlobProto, where: str = "blob") -> tuple[int, ...]:
+    """The blob's shape: legacy num/channels/height/width when any is set, else BlobShape; checked
+    by `check_shape` (errors name `where`)."""
     # Caffe's Blob::FromProto: any legacy field makes the blob 4-D N x C x H x W,
     # even when a BlobShape is present too.
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return (blob.num, blob.channels, blob.height, blob.width)
-    # With neither, the blob is 0-axis (one value): Caffe writes single-value blobs that way.
-    return tuple(int(d) for d in blob.shape.dim)
+        shape: tuple[int, ...] = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        # With neither, the blob is 0-axis (one value): Caffe writes single-value blobs that way.
+        shape = tuple(int(d) for d in blob.shape.dim)
+    check_shape(shape, where)
+    return shape
 
 
 def blob_to_array(blob: caffe_pb2.BlobProto, diff: bool = False, where: str = "blob") -> np.ndarray:
     """The blob's data (or diff) as a float32 array of its shape."""
-    shape = blob_shape(blob)
+    shape = blob_shape(blob, where)
+    count = check_shape(shape, where)
     single, double = (blob.diff, blob.double_diff) if diff else (blob.data, blob.double_data)
-    values = np.asarray(double if len(double) else single, dtype=np.float32)
-    count = int(np.prod(shape, dtype=np.int64))
-    if values.size != count:
+    if len(double if len(double) else single) != count:
         raise CaffeCompatError(
-            f"{where}: holds {values.size} values but its shape {list(shape)} needs {count}"
+            f"{where}: holds {len(double if len(double) else single)} values but its shape {list(shape)} needs {count}"
         )
+    values = np.asarray(double if len(double) else single, dtype=np.float32)
     return values.reshape(shape)
 
 

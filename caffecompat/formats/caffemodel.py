@@ -29,7 +29,7 @@ from google.protobuf import message as pb_message
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.formats import protofile, upgrade
-from caffecompat.formats.blob import blob_to_array, encode_varint
+from caffecompat.formats.blob import blob_shape, blob_to_array, check_shape, encode_varint
 from caffecompat.proto import caffe_pb2
 
 WHAT = "caffemodel"
@@ -40,7 +40,6 @@ _NET_LAYERS = 2  # NetParameter.layers (V1LayerParameter)
 _LAYER_BLOBS = {_NET_LAYER: 7, _NET_LAYERS: 6}  # LayerParameter.blobs, V1LayerParameter.blobs
 _V1_V0_LAYER = 1  # V1LayerParameter.layer (a V0LayerParameter)
 _BLOB_DATA, _BLOB_DIFF, _BLOB_DOUBLE_DATA, _BLOB_DOUBLE_DIFF = 5, 6, 8, 9
-_LEGACY_DIMS = ("num", "channels", "height", "width")
 
 # Protobuf wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -186,14 +185,6 @@ def _array_from_chunks(chunks: list[np.ndarray], dtype: str) -> np.ndarray:
     return a.astype(np.float32, copy=False) if dtype == "<f4" else a.astype(np.float32)
 
 
-def _blob_shape(meta: caffe_pb2.BlobProto, count: int) -> tuple[int, ...]:
-    # Caffe's Blob::FromProto: legacy num/channels/height/width win, else BlobShape.
-    if any(meta.HasField(f) for f in _LEGACY_DIMS):
-        return (meta.num, meta.channels, meta.height, meta.width)
-    # A blob with neither is 0-axis (one value), as Caffe writes single-value blobs.
-    return tuple(int(d) for d in meta.shape.dim)
-
-
 def _read_blob(r: _Reader, end: int, where: str) -> tuple[bytes, np.ndarray]:
     """One BlobProto: (its serialized metadata without data or diff, its data as float32)."""
     start = r.pos
@@ -222,8 +213,8 @@ def _read_blob(r: _Reader, end: int, where: str) -> tuple[bytes, np.ndarray]:
     blob = caffe_pb2.BlobProto.FromString(bytes(meta))
     # Caffe's Blob::FromProto reads double_data when there is any, else data.
     data = _array_from_chunks(doubles, "<f8") if doubles else _array_from_chunks(floats, "<f4")
-    shape = _blob_shape(blob, data.size)
-    count = int(np.prod(shape, dtype=np.int64))
+    shape = blob_shape(blob, where)
+    count = check_shape(shape, where)
     if data.size != count:
         raise CaffeCompatError(
             f"{where}: holds {data.size} values but its shape {list(shape)} needs {count}"
@@ -350,16 +341,7 @@ def _refuse_solverstate(p: Path) -> None:
 
 
 def _file_size(p: Path) -> int:
-    try:
-        if p.is_dir():
-            raise CaffeCompatError(f"{p}: is a directory, expected a {WHAT} file")
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise CaffeCompatError(f"{p}: no such {WHAT} file") from None
-    except OSError as e:
-        raise CaffeCompatError(f"{p}: cannot read {WHAT} file: {e.strerror}") from None
-    except ValueError:  # a NUL character, which no file name can hold
-        raise CaffeCompatError(f"{str(p)!r}: no such {WHAT} file (the name holds a NUL character)") from None
+    size = protofile.check_regular(p, WHAT)
     if size == 0:
         raise CaffeCompatError(f"{p}: {WHAT} file is empty")
     return size

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TypeVar
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from caffecompat import outfiles
-from caffecompat.errors import CaffeCompatError
+from caffecompat import gcpause, outfiles
+from caffecompat.errors import CaffeCompatError, NotSupportedError, printable
+from caffecompat.formats import textproto
 
 M = TypeVar("M", bound=pb_message.Message)
 
@@ -28,21 +29,56 @@ _UNKNOWN_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"
 FORKS_KNOWN = "SSD, DeepLab/PSPNet, SegNet, ShuffleNet, ReLU6, Fast R-CNN, R-FCN, pooling ceil_mode"
 
 
-def read_bytes(path: str | os.PathLike, what: str) -> bytes:
-    """The file's bytes; a missing, unreadable or empty file is a CaffeCompatError."""
-    p = Path(path)
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_regular(path: str | os.PathLike, what: str) -> int:
+    """The size of `path`, which must be a regular file (symlinks followed); anything else is a
+    CaffeCompatError naming it. A device (/dev/zero) would be read without end and a FIFO would block
+    forever: nets, weights, lists and images are read only from regular files."""
+    name = printable(path)
     try:
-        data = p.read_bytes()
+        st = os.stat(path)
     except FileNotFoundError:
-        raise CaffeCompatError(f"{p}: no such {what} file") from None
-    except IsADirectoryError:
-        raise CaffeCompatError(f"{p}: is a directory, expected a {what} file") from None
+        raise CaffeCompatError(f"{name}: no such {what} file") from None
     except OSError as e:
-        raise CaffeCompatError(f"{p}: cannot read {what} file: {e.strerror}") from None
+        raise CaffeCompatError(f"{name}: cannot read {what} file: {e.strerror}") from None
     except ValueError:  # a NUL character, which no file name can hold
-        raise CaffeCompatError(f"{str(p)!r}: no such {what} file (the name holds a NUL character)") from None
+        raise CaffeCompatError(f"{printable(repr(str(path)))}: no such {what} file (the name holds a NUL character)") \
+            from None
+    if not stat.S_ISREG(st.st_mode):
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise CaffeCompatError(f"{name}: is {_kind(st.st_mode)}, expected {article} {what} file")
+    return st.st_size
+
+
+def read_bytes(path: str | os.PathLike, what: str) -> bytes:
+    """The file's bytes; a missing, unreadable, empty or non-regular file is a CaffeCompatError."""
+    check_regular(path, what)
+    name = printable(path)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):  # replaced since check_regular looked
+                raise CaffeCompatError(f"{name}: is {_kind(st.st_mode)}, expected a {what} file")
+            data = f.read(st.st_size + 1)
+    except FileNotFoundError:
+        raise CaffeCompatError(f"{name}: no such {what} file") from None
+    except IsADirectoryError:
+        raise CaffeCompatError(f"{name}: is a directory, expected a {what} file") from None
+    except OSError as e:
+        raise CaffeCompatError(f"{name}: cannot read {what} file: {e.strerror}") from None
     if not data:
-        raise CaffeCompatError(f"{p}: {what} file is empty")
+        raise CaffeCompatError(f"{name}: {what} file is empty")
     return data
 
 
@@ -71,6 +107,10 @@ def parse_text(text: str, cls: type[M], path: str | os.PathLike, what: str, *, s
     error about a field it lacks.
     """
     msg = cls()
+    with gcpause.paused():
+        if textproto.parse_fast(text, msg):
+            return msg
+    msg = cls()
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
@@ -98,8 +138,14 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
     data = read_bytes(path, what)
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CaffeCompatError(f"{path}: {what} is not text (is it a binary file?)") from None
+    except UnicodeDecodeError as e:
+        if b"\0" in data[:8192]:
+            raise CaffeCompatError(f"{printable(path)}: {what} is not text (is it a binary file?)") from None
+        # Text holding a path with non-UTF-8 bytes: protobuf's string fields (net:, source:, ...) hold UTF-8 only.
+        line = data.count(b"\n", 0, e.start) + 1
+        raise NotSupportedError(f"bytes that are not UTF-8 in a {what} ({printable(path)}:{line}: "
+                                f"{printable(data.splitlines()[line - 1][:200])}): protobuf's string fields hold "
+                                "UTF-8 text only; rename the file or folder it names to a UTF-8 name") from None
 
 
 def read_text(path: str | os.PathLike, cls: type[M], what: str) -> M:

@@ -60,7 +60,10 @@ class _ConvBase(Layer):
         channels = node.bottom_shapes[0][1]
         if p.num_output <= 0:
             raise node.error("convolution_param.num_output must be given and positive")
-        # BaseConvolutionLayer: channels and num_output must both divide by group.
+        # BaseConvolutionLayer: channels and num_output must both divide by group (a positive one).
+        if p.group <= 0:
+            raise node.error(f"convolution_param.group is {p.group}; it must be at least 1 (1, the default, "
+                             "for no grouping)")
         if channels % p.group or p.num_output % p.group:
             raise node.error(f"group {p.group} must divide both the input channels ({channels}) and "
                              f"num_output ({p.num_output})")

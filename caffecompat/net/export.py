@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from caffecompat import gcpause
 from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.layers import registry
 from caffecompat.layers.graph import FedInput, GraphBuilder
@@ -56,6 +57,17 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
     debug_outputs: also output, for Net's debug_info, every layer's tops as that layer wrote them and,
         with `backward`, each layer's bottom diffs and parameter diff contributions (Exported.debug).
     """
+    with gcpause.paused():
+        return _export(spec, params=params, params_as_inputs=params_as_inputs, outputs=outputs, training=training,
+                       loss_output=loss_output, opset=opset, backward=backward, blob_diffs=blob_diffs,
+                       diff_params=diff_params, seeds=seeds, debug_outputs=debug_outputs)
+
+
+def _export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
+            outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
+            opset: int = DEFAULT_OPSET, backward: BackwardPlan | None = None, blob_diffs: bool = False,
+            diff_params: list[str] | None = None, seeds: list[str] = (), debug_outputs: bool = False) -> Exported:
+    # The public export() runs this with the garbage collector paused (caffecompat.gcpause).
     if not 7 <= opset <= MAX_OPSET:
         raise CaffeCompatError(f"opset {opset} is not supported: use an opset from 7 to {MAX_OPSET}")
     g = GraphBuilder(opset, training)

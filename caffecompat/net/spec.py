@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from caffecompat import gcpause
 from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.layers import registry
 from caffecompat.layers.registry import LayerNode, Shape
@@ -94,6 +95,12 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
     otherwise it is the net's own state with `phase`, `level` and `stages` set.
     `source` names the file in error messages.
     """
+    with gcpause.paused():
+        return _build(net, phase, level, stages, source_shapes, source, state)
+
+
+def _build(net: caffe_pb2.NetParameter, phase: int, level: int | None, stages: Iterable[str],
+           source_shapes: SourceShapes | None, source: str, state: caffe_pb2.NetState | None) -> NetSpec:
     state = state if state is not None else make_state(net, phase, level, stages)
     phase = state.phase
     layers = insert_splits(filter_layers(net, state, source), source)
@@ -139,7 +146,7 @@ def build(net: caffe_pb2.NetParameter, phase: int, *, level: int | None = None,
             in_place = j < len(lp.bottom) and lp.bottom[j] == t
             if t in current and not in_place:
                 raise node.error(f"top '{t}' is already produced by an earlier layer and this layer is "
-                                 "not in place (top #{j} must equal bottom #{j}); rename the top")
+                                 f"not in place (top #{j} must equal bottom #{j}); rename the top")
             seen_writes[t] = seen_writes.get(t, 0) + 1
             value = t if seen_writes[t] == writes[t] else f"{t}@{lp.name}"
             if value in values or value in writes and value != t:

@@ -301,6 +301,12 @@ class MpiGroup(Group):
                 if not spin:
                     time.sleep(pause)
                     pause = min(pause * 2, 0.005)
+            # A collective that completed is word from every rank: each reached `iteration`, even when its
+            # rate-limited heartbeats last said an earlier one.
+            now = time.monotonic()
+            for r in self.others:
+                self._heard[r] = max(self._heard[r], now)
+                self._heard_at[r] = max(self._heard_at[r], iteration)
         except self.MPI.Exception as e:
             raise CaffeCompatError(f"MPI failed during {what} at iteration {iteration}: "
                                    f"{' '.join(e.Get_error_string().split())}") from None

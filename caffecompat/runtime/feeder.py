@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from caffecompat.layers.labels import LabelRule, check_labels, label_rules
 from caffecompat.net import setup_log
 from caffecompat.net import spec as netspec
 from caffecompat.net.memory import check_net_memory
@@ -26,12 +27,15 @@ class Feeder:
     net: caffe_pb2.NetParameter | None = None  # what `rebuild` resolves again
     state: caffe_pb2.NetState | None = None
     source: str = "net"
+    _rules: list[LabelRule] = field(default_factory=list, repr=False)
+    _rules_of: NetSpec | None = field(default=None, repr=False)  # the spec _rules were made for
 
     def next_inputs(self) -> dict[str, np.ndarray]:
         """One batch for every graph input. Input layers (no data source) get zeros, what their blobs hold
         when nothing writes them (`caffecompat train`/`test`); runtime.segments, which pycaffe's nets and
         solvers run on, ignores those and leaves the blobs as the script wrote them."""
         feed: dict[str, np.ndarray] = {}
+        fed_by: dict[str, object] = {}
         for node in self.spec.source_layers():
             source = self.sources.get(node.name)
             if source is None:
@@ -40,7 +44,20 @@ class Feeder:
                 continue
             for value, array in zip(node.tops, source.next_batch()):
                 feed[value] = array
+                fed_by[value] = source
+        self._check_labels(feed, fed_by)
         return feed
+
+    def _check_labels(self, feed: dict[str, np.ndarray], fed_by: dict[str, object]) -> None:
+        if self._rules_of is not self.spec:
+            self._rules, self._rules_of = label_rules(self.spec), self.spec
+
+        def origin(rule: LabelRule, i: int) -> str:
+            source = fed_by.get(rule.value)
+            record_of = getattr(source, "record_of", None)
+            return record_of(feed[rule.value], i) if record_of is not None else ""
+
+        check_labels(self._rules, lambda rule: feed.get(rule.value), origin)
 
     def rebuild(self, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                 call_reshape: bool = False) -> NetSpec:

@@ -40,6 +40,7 @@ import onnxruntime as ort
 
 from caffecompat.errors import CaffeCompatError
 from caffecompat.layers import registry
+from caffecompat.layers.labels import LabelRule, check_labels, label_rules
 from caffecompat.layers.registry import LayerNode
 from caffecompat.net.backward import BackwardPlan, plan, seed_input_name
 from caffecompat.net.export import LOSS_OUTPUT, export
@@ -80,6 +81,8 @@ class SegmentedNet:
         self.feeder = feeder
         self.host = feeder.python
         self.blobs: dict[str, Blob] = self.host.blobs if self.host is not None else {}
+        self._label_rules: list[LabelRule] = []
+        self._label_rules_of: NetSpec | None = None
         self.params: dict[str, Blob] = dict(params)
         self.providers = providers or ["CPUExecutionProvider"]
         self.options = options
@@ -369,6 +372,7 @@ class SegmentedNet:
         if self._inputs_reshaped():
             self.rebuild()
         loss = F32(0)
+        checked = False
         split = self._hooked("forward")
         for kind, first, last in self._runs(start, end, split):
             if split:
@@ -379,6 +383,9 @@ class SegmentedNet:
             elif kind == "python":
                 self._forward_python(self.spec.layers[first])
             else:
+                if not checked:
+                    self._check_labels()
+                    checked = True
                 seg = self._forward_segment(first, last)
                 self._store(seg, self._run(seg, "forward"))
             for node in self.spec.layers[first:last + 1]:
@@ -390,6 +397,12 @@ class SegmentedNet:
             if split:
                 self._call_hooks("after_forward", first)
         return loss
+
+    def _check_labels(self) -> None:
+        # Labels reach SoftmaxWithLoss, Accuracy, ... only as integers in [0, C) (caffecompat.layers.labels).
+        if self._label_rules_of is not self.spec:
+            self._label_rules, self._label_rules_of = label_rules(self.spec), self.spec
+        check_labels(self._label_rules, lambda rule: self.blobs[rule.blob].data if rule.blob in self.blobs else None)
 
     def _forward_source(self, node: LayerNode, inputs: Mapping[str, np.ndarray] | None) -> None:
         if node.type == "Input":
@@ -451,6 +464,7 @@ class SegmentedNet:
         for node in self.spec.layers:
             if self.kind(node) == "source":
                 self._forward_source(node, inputs)
+        self._check_labels()
         seg = self._fused_segment()
         out = self._run(seg, "forward/backward")
         self._store(seg, out)

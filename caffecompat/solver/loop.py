@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from caffecompat import glog, outfiles, parallel
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, DamagedDataError
 from caffecompat.net.export import LOSS_OUTPUT
 from caffecompat.net.setup_log import debug_string
 from caffecompat.net.spec import NetSpec, check_net_types
@@ -194,7 +194,13 @@ class Solver:
             self.restore(resume_file)
         self.signals.check_startup()
         start_iter = self.iter
-        self.step(self.param.max_iter - self.iter)
+        try:
+            self.step(self.param.max_iter - self.iter)
+        except DamagedDataError:
+            # As a SIGINT stop does: what was learned so far is snapshotted before the run ends.
+            if self.param.snapshot or self.param.snapshot_after_train:
+                self.snapshot()
+            raise
         p = self.param
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
