@@ -1,7 +1,9 @@
 """`caffecompat finetune`: from a pretrained deploy net and its weights to a fine-tuned model, in one command.
 
     caffecompat finetune -model deploy.prototxt -weights w.caffemodel -train photos/train -val photos/val \
-        -output out/ [-head fc8] [-freeze_below LAYER] [-solver_type Adam] [-iterations N] [-batch N] ...
+        -output out/ [-head fc8] [-freeze_below LAYER] [-solver_type Adam] [-lr_policy exp -gamma G] \
+        [-iterations N] [-batch N] [-processes N] [-threads N] ...
+    caffecompat finetune -model deploy.prototxt -noweights ...    (the same recipe from the fillers: a baseline)
 
 It writes the files a Caffe user writes by hand for Caffe's fine-tuning recipe
 (models/finetune_flickr_style), into the output folder, and trains with
@@ -259,7 +261,10 @@ def _check_weights(path: str, deploy: caffe_pb2.NetParameter, model: str, head: 
 
     if is_hdf5(path):
         return  # Net::ToHDF5 weights: train's CopyTrainedLayersFrom reads and checks them
-    weights = read_weights(path)  # one line naming the file when it is not a caffemodel
+    try:
+        weights = read_weights(path)
+    except CaffeCompatError as e:  # a text file, a .solverstate, a truncated download: the flag, then why
+        raise CaffeCompatError(f"-weights {e}") from None
     names = {lp.name for i, lp in enumerate(deploy.layer) if i != head}
     copied = [name for name, blobs in weights.layers if blobs and name in names]
     if not copied:

@@ -113,7 +113,7 @@ accuracy() { grep -h "$2" "$1" | tail -n 1 | sed 's/.*accuracy = \([^ ]*\).*/\1/
 FT=$(accuracy classify.log '] accuracy = ')
 SCRATCH=$(accuracy classify_scratch.log '] accuracy = ')
 step "Done in $((SECONDS - START)) s. Outputs in $WORK:"
-echo "  resumed at iteration:                 $(grep -h 'Resuming from\|Restoring previous solver status' resume.log | head -n 1 | sed 's/.*\] //')"
+echo "  resumed:                              $(grep -h 'Restoring previous solver status' resume.log | head -n 1 | sed 's/.*\] //'), first iteration $(grep -h -m 1 -o 'Iteration [0-9]*, lr' resume.log | grep -o '[0-9]*')"
 echo "  validation accuracy, first session:   $(accuracy finetune.log 'Test net output #0: accuracy')"
 echo "  validation accuracy after resuming:   $(accuracy resume.log 'Test net output #0: accuracy')"
 echo "  test accuracy, classify:              $FT"
