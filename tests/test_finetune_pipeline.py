@@ -96,8 +96,9 @@ def test_fine_tuned_beats_chance_and_scratch(example):
     # Measured on the 40 unseen test images with SEED 1, 2, 3: fine-tuned 0.95, 0.925, 0.9; from scratch (the
     # same recipe and frozen layers, from the fillers) 0.325, 0.25, 0.3: margins 0.625, 0.675, 0.6; on 1 process
     # (the fallback without MPI: half the images per iteration), SEED 1: 0.825 against 0.25. The bounds
-    # (0.75 and 0.4) leave room for another machine's rounding and still fail if the pretrained weights go unused.
-    assert fine_tuned > chance + 0.5, out[-2000:]
+    # (chance + 0.4, and 0.4) leave room for another machine's rounding and still fail if the pretrained
+    # weights go unused.
+    assert fine_tuned > chance + 0.4, out[-2000:]
     assert fine_tuned - scratch > 0.4, out[-2000:]
     assert f"margin {fine_tuned - scratch:+.4g}" in out
 
