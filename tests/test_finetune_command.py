@@ -127,7 +127,9 @@ def test_files_parse_and_say_what_the_recipe_says(pretrained, frozen_run):
     assert data[0].transform_param.mirror and not data[1].transform_param.mirror
     assert data[0].transform_param.crop_size == 32  # a 32 x 32 input, images stored at 37 x 37
     assert [lp.type for lp in train_val.layer[-2:]] == ["Accuracy", "SoftmaxWithLoss"]
-    # Frozen: every blob of conv1, bn1, scale1 (which had no param specs) at lr_mult 0.
+    # Frozen: every blob of conv1, bn1, scale1 (which had no param specs) at lr_mult 0. The BatchNorm keeps
+    # explicit specs: Net::Init reads a missing one as lr_mult 1, and the layer would then run backward
+    # (test_frozen_run_beats_chance_and_keeps_frozen_blobs checks it does not).
     assert [p.lr_mult for p in layers["conv1"].param] == [0, 0]
     assert [p.lr_mult for p in layers["bn1"].param] == [0, 0, 0]
     assert layers["bn1"].batch_norm_param.use_global_stats
@@ -234,8 +236,61 @@ def test_two_processes(pretrained, tmp_path):
     assert (out / "snapshots" / "finetune_iter_20.caffemodel").is_file()
 
 
+def _blobs_equal(a: Path, b: Path) -> None:
+    first, second = read_weights(a).blobs, read_weights(b).blobs
+    assert sorted(first) == sorted(second)
+    for name in first:
+        for x, y in zip(first[name], second[name], strict=True):
+            assert np.array_equal(x, y), name
+
+
+def test_adam_exp_resume_through_finetune_equals_straight_run(pretrained, tmp_path):
+    """Adam with the exp policy: 4 iterations, finetune -snapshot to 8, bit-identical to 8 straight.
+
+    The 36 training images make one batch (convert-lmdb's shuffle is seeded: the same order in both runs),
+    with no mirror nor random crop, so what a solverstate does not hold (the data cursor, which Caffe restarts
+    on resume; the transformer's random state) cannot differ.
+    """
+    def args(out: Path, iterations: int) -> list[str]:
+        return _args(pretrained, out, "-solver_type", "Adam", "-base_lr", "0.001", "-lr_policy", "exp", "-gamma",
+                     "0.9", "-iterations", str(iterations), "-batch", "36", "-nomirror", "-crop_size", "0",
+                     "-threads", "1")
+
+    status, log = run_cli(args(tmp_path / "straight", 8))
+    assert status == 0, log[-2000:]
+    assert "-threads 1" in log and "Iteration 7, lr = 0.000478297" in log  # 0.001 * 0.9^7
+    status, log = run_cli(args(tmp_path / "resumed", 4))
+    assert status == 0, log[-2000:]
+    solver = read_solver_prototxt(str(tmp_path / "resumed" / "solver.prototxt"))
+    assert solver.type == "Adam" and solver.lr_policy == "exp" and solver.gamma == pytest.approx(0.9)
+    state = tmp_path / "resumed" / "snapshots" / "finetune_iter_4.solverstate"
+    status, log = run_cli(["finetune", "-model", str(pretrained["deploy"]), "-output", str(tmp_path / "resumed"),
+                           "-snapshot", str(state), "-iterations", "8", "-threads", "1"])
+    assert status == 0, log[-2000:]
+    assert f"Restoring previous solver status from {state}" in log
+    assert "Iteration 4, lr = 0.0006561" in log and "Iteration 3, lr" not in log  # it went on from 4
+    _blobs_equal(tmp_path / "straight" / "snapshots" / "finetune_iter_8.caffemodel",
+                 tmp_path / "resumed" / "snapshots" / "finetune_iter_8.caffemodel")
+
+
+def test_exp_policy_defaults_to_a_tenfold_fall_and_noweights_starts_from_fillers(pretrained, tmp_path):
+    out = tmp_path / "out"
+    a = _args(pretrained, out, "-solver_type", "Adam", "-lr_policy", "exp", "-iterations", "4", "-batch", "6",
+              "-noweights")
+    del a[a.index("-weights"):a.index("-weights") + 2]
+    status, log = run_cli(a)
+    assert status == 0, log[-2000:]
+    solver = read_solver_prototxt(str(out / "solver.prototxt"))
+    # SGDSolver's exp rate base_lr * gamma^iter reaches base_lr / 10 at the last iteration.
+    assert solver.lr_policy == "exp" and solver.base_lr * solver.gamma ** 4 == pytest.approx(solver.base_lr / 10)
+    assert "-weights" not in re.search(r"Training: caffecompat (.*)", log)[1]
+    assert "Finetuning from" not in log and "Ignoring source layer" not in log
+    assert "-noweights" in (out / "train_val.prototxt").read_text().splitlines()[0]
+
+
 @pytest.mark.parametrize("case", ["one_class", "empty_class", "no_head", "bad_freeze", "existing", "bad_head",
-                                  "freeze_above_head", "unknown_val_class"])
+                                  "freeze_above_head", "unknown_val_class", "weights_not_caffemodel",
+                                  "weights_of_another_net", "weights_and_noweights", "bad_lr_policy"])
 def test_hostile_inputs_give_one_line(pretrained, frozen_run, tmp_path, capsys, case):
     out = tmp_path / "out"
     args = _args(pretrained, out)
@@ -265,6 +320,24 @@ def test_hostile_inputs_give_one_line(pretrained, frozen_run, tmp_path, capsys, 
         _draw_folder(tmp_path / "val", 2, np.random.default_rng(1), {"circle": 0, "square": 1})
         args[args.index("-val") + 1] = str(tmp_path / "val")
         expected = "square are not classes of -train"
+    elif case == "weights_not_caffemodel":
+        (tmp_path / "w.caffemodel").write_bytes(b"not a caffemodel at all\n")
+        args[args.index("-weights") + 1] = str(tmp_path / "w.caffemodel")
+        expected = "not a valid caffemodel"
+    elif case == "weights_of_another_net":
+        # A readable caffemodel (the fine-tuned one) whose only layers are renamed: nothing would be copied.
+        renamed = DEPLOY
+        for name in ("conv1", "bn1", "scale1", "conv2", "ip1", "ip2"):
+            renamed = renamed.replace(f'"{name}"', f'"other_{name}"')
+        (tmp_path / "d.prototxt").write_text(renamed)
+        args[args.index("-model") + 1] = str(tmp_path / "d.prototxt")
+        expected = "none of its layers is named as a layer"
+    elif case == "weights_and_noweights":
+        args += ["-noweights"]
+        expected = "give one"
+    elif case == "bad_lr_policy":
+        args += ["-lr_policy", "poly"]
+        expected = "-lr_policy poly: not supported by finetune"
     else:
         args[args.index("-output") + 1] = str(frozen_run[0])
         expected = "previous run"

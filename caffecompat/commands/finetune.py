@@ -1,7 +1,9 @@
 """`caffecompat finetune`: from a pretrained deploy net and its weights to a fine-tuned model, in one command.
 
     caffecompat finetune -model deploy.prototxt -weights w.caffemodel -train photos/train -val photos/val \
-        -output out/ [-head fc8] [-freeze_below LAYER] [-solver_type Adam] [-iterations N] [-batch N] ...
+        -output out/ [-head fc8] [-freeze_below LAYER] [-solver_type Adam] [-lr_policy exp -gamma G] \
+        [-iterations N] [-batch N] [-processes N] [-threads N] ...
+    caffecompat finetune -model deploy.prototxt -noweights ...    (the same recipe from the fillers: a baseline)
 
 It writes the files a Caffe user writes by hand for Caffe's fine-tuning recipe
 (models/finetune_flickr_style), into the output folder, and trains with
@@ -26,7 +28,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from caffecompat import glog, outfiles
-from caffecompat.commands.common import add_gpu_flags, flag
+from caffecompat.commands.common import add_gpu_flags, add_threads_flag, flag
 from caffecompat.data import datum as datum_codec
 from caffecompat.data import db as dbs
 from caffecompat.data import image_folder, listfile
@@ -47,6 +49,7 @@ SOLVER_DEFAULTS: dict[str, dict[str, float]] = {
     "Adam": {"base_lr": 0.0001, "momentum": 0.9, "momentum2": 0.999, "delta": 1e-8},
 }
 PREFIX = "finetune"
+LR_POLICIES = ("step", "exp", "fixed")
 FILES = ("train_val.prototxt", "solver.prototxt", "deploy.prototxt")
 _ACCURACY = re.compile(r"Test net output #\d+: accuracy = (\S+)")
 
@@ -61,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with caffecompat train -weights.")
     flag(p, "model", required=True, metavar="FILE", help="the pretrained net's deploy.prototxt (an Input layer)")
     flag(p, "weights", default="", metavar="FILE", help="its .caffemodel (copied by layer name, the head excepted)")
+    flag(p, "noweights", action="store_true",
+         help="train the same recipe from the fillers (no pretrained weights): the baseline fine-tuning must beat")
     flag(p, "train", default="", metavar="DATA",
          help="training images: an image folder (one subfolder per class), a list file ('path label' lines, "
               "paths under -root) or an LMDB of Datum records")
@@ -77,6 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     flag(p, "solver_type", default="SGD", choices=sorted(SOLVER_DEFAULTS), help="the solver (default SGD)")
     flag(p, "base_lr", type=float, default=None, help="the base learning rate (default: per solver type, see "
                                                       "README.md: SGD 0.001, Adam 0.0001)")
+    flag(p, "lr_policy", default="step", metavar="POLICY",
+         help="the solver's lr_policy: step (default: x gamma after 3/4 of the run), exp (x gamma every "
+              "iteration) or fixed")
+    flag(p, "gamma", type=float, default=None,
+         help="the lr_policy's gamma (default: step 0.1; exp 0.1^(1/iterations), a tenfold fall over the run)")
     flag(p, "iterations", type=int, default=None, metavar="N",
          help="training iterations (default 1000; resuming: the solver's max_iter)")
     flag(p, "batch", type=int, default=16, metavar="N", help="training batch size (default 16)")
@@ -94,6 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     flag(p, "overwrite", action="store_true", help="replace a previous run in -output")
     flag(p, "processes", type=int, default=0, metavar="N", help="train data-parallel on N processes (train's "
                                                                 "-processes; needs caffecompat[mpi])")
+    add_threads_flag(p)
     add_gpu_flags(p, several=True)
     p.set_defaults(func=run)
 
@@ -105,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
         raise CaffeCompatError(f"-iterations {args.iterations}: must be at least 1")
     if args.batch < 1:
         raise CaffeCompatError(f"-batch {args.batch}: must be at least 1")
+    if args.lr_policy not in LR_POLICIES:
+        raise CaffeCompatError(f"-lr_policy {args.lr_policy}: not supported by finetune (it writes "
+                               f"{', '.join(LR_POLICIES)}); edit lr_policy in -output's solver.prototxt and run "
+                               "caffecompat train -solver on it")
+    if args.gamma is not None and not (0 < args.gamma <= 1 or args.lr_policy == "fixed"):
+        raise CaffeCompatError(f"-gamma {args.gamma}: the rate's factor must be in (0, 1] (e.g. 0.1 for step, "
+                               "0.99 for exp)")
     if args.snapshot:
         missing = [f for f in FILES if not (out / f).is_file()]
         if missing:
@@ -133,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _header(args: argparse.Namespace, what: str) -> str:
-    return (f"# {what}, written by caffecompat finetune -model {args.model} -weights {args.weights} "
+    weights = f"-weights {args.weights}" if args.weights else "-noweights"
+    return (f"# {what}, written by caffecompat finetune -model {args.model} {weights} "
             f"-train {args.train} -val {args.val}\n# Edit it freely: caffecompat train -solver solver.prototxt "
             "-weights ... reads it as it is.\n")
 
@@ -154,15 +173,21 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 
 def _prepare(args: argparse.Namespace, out: Path) -> int:
-    if not args.weights:
-        raise CaffeCompatError("-weights: give the pretrained .caffemodel to fine-tune from")
-    if not Path(args.weights).is_file():
+    if args.noweights and args.weights:
+        raise CaffeCompatError(f"-noweights and -weights {args.weights}: give one (-noweights trains the recipe "
+                               "from the fillers)")
+    if not args.weights and not args.noweights:
+        raise CaffeCompatError("-weights: give the pretrained .caffemodel to fine-tune from (or -noweights to "
+                               "train the same recipe from the fillers)")
+    if args.weights and not Path(args.weights).is_file():
         raise CaffeCompatError(f"-weights {args.weights}: no such caffemodel file")
     if not args.train or not args.val:
         raise CaffeCompatError("-train and -val: give the training and validation images (image folders, "
                                "list files or LMDBs)")
     deploy = read_net_prototxt(args.model)
     head = surgery.find_head(deploy, args.model, args.head)
+    if args.weights:
+        _check_weights(args.weights, deploy, args.model, head)
     freeze_upto = None
     if args.freeze_below:
         freeze_upto = surgery.layer_index(deploy, args.freeze_below, "-freeze_below", args.model)
@@ -208,7 +233,13 @@ def _prepare(args: argparse.Namespace, out: Path) -> int:
     data = surgery.Data(train_source=str(Path(train_db).resolve()), val_source=str(Path(val_db).resolve()),
                         train_batch=args.batch, test_batch=math.ceil(val_count / test_iter), transform=transform,
                         mirror=args.mirror)
-    train_val, new_deploy = surgery.finetune_nets(deploy, args.model, head, classes, data, freeze_upto)
+    # A BatchNorm from the fillers holds zero statistics (BatchNormLayer's mean, variance and factor 0): with
+    # use_global_stats its output is x / sqrt(eps), and a deep net overflows. -noweights uses the batch's.
+    train_val, new_deploy = surgery.finetune_nets(deploy, args.model, head, classes, data, freeze_upto,
+                                                  global_stats=not args.noweights)
+    if args.noweights:
+        glog.info("finetune.py", "-noweights: every layer starts from its fillers; BatchNorm layers have no stored "
+                                 "statistics and use the batch's (their moving averages in TEST)")
     _write_prototxt(out / "train_val.prototxt", _header(args, "The fine-tuning net"), train_val)
     _write_prototxt(out / "deploy.prototxt", _header(args, "The fine-tuned net for classify"), new_deploy)
     solver = _solver(args, out, test_iter)
@@ -221,6 +252,25 @@ def _prepare(args: argparse.Namespace, out: Path) -> int:
                              + (f", frozen up to {args.freeze_below}" if freeze_upto is not None else "")
                              + f"), {out / 'solver.prototxt'} and {out / 'deploy.prototxt'}")
     return classes
+
+
+def _check_weights(path: str, deploy: caffe_pb2.NetParameter, model: str, head: int) -> None:
+    """Refuse a -weights file that is unreadable or shares no layer with the deploy, before anything is written."""
+    from caffecompat.formats.caffemodel import read_weights
+    from caffecompat.formats.hdf5_snapshot import is_hdf5
+
+    if is_hdf5(path):
+        return  # Net::ToHDF5 weights: train's CopyTrainedLayersFrom reads and checks them
+    try:
+        weights = read_weights(path)
+    except CaffeCompatError as e:  # a text file, a .solverstate, a truncated download: the flag, then why
+        raise CaffeCompatError(f"-weights {e}") from None
+    names = {lp.name for i, lp in enumerate(deploy.layer) if i != head}
+    copied = [name for name, blobs in weights.layers if blobs and name in names]
+    if not copied:
+        raise CaffeCompatError(f"-weights {path}: none of its layers is named as a layer of {model} (the head "
+                               f"{deploy.layer[head].name} excepted), so nothing would be copied; give the "
+                               "caffemodel trained with this deploy net (or -noweights to train from the fillers)")
 
 
 def _mean_values(text: str, channels: int) -> list[float]:
@@ -355,10 +405,14 @@ def _solver(args: argparse.Namespace, out: Path, test_iter: int) -> caffe_pb2.So
     s.base_lr = args.base_lr if args.base_lr is not None else defaults["base_lr"]
     s.display = max(1, min(20, args.iterations // 20))
     s.max_iter = args.iterations
-    # The Flickr Style recipe's schedule: the rate falls tenfold once, here after 3/4 of the run.
-    s.lr_policy = "step"
-    s.gamma = 0.1
-    s.stepsize = max(1, (3 * args.iterations) // 4)
+    s.lr_policy = args.lr_policy
+    if args.lr_policy == "step":
+        # The Flickr Style recipe's schedule: the rate falls tenfold once, here after 3/4 of the run.
+        s.gamma = args.gamma if args.gamma is not None else 0.1
+        s.stepsize = max(1, (3 * args.iterations) // 4)
+    elif args.lr_policy == "exp":
+        # SGDSolver::GetLearningRate "exp": base_lr * gamma^iter; by default a tenfold fall over the run.
+        s.gamma = args.gamma if args.gamma is not None else 0.1 ** (1.0 / args.iterations)
     for name in ("momentum", "momentum2", "delta", "rms_decay"):
         if name in defaults:
             setattr(s, name, defaults[name])
@@ -383,10 +437,12 @@ def _train(args: argparse.Namespace, solver: str) -> tuple[int, float | None]:
         argv += ["-snapshot", args.snapshot]
         if args.iterations is not None:
             argv += ["-iterations", str(args.iterations)]
-    else:
+    elif args.weights:
         argv += ["-weights", args.weights]
     if args.processes:
         argv += ["-processes", str(args.processes)]
+    if args.threads:
+        argv += ["-threads", str(args.threads)]
     if args.gpu:
         argv += ["-gpu", args.gpu]
     if args.allow_cpu_fallback:

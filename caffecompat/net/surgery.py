@@ -116,15 +116,21 @@ def param_counts(net: caffe_pb2.NetParameter, path: str) -> dict[str, int]:
     return counts
 
 
-def freeze(lp: caffe_pb2.LayerParameter, blobs: int) -> None:
-    """lr_mult 0 and decay_mult 0 on each of the layer's `blobs` parameter blobs; BatchNorm uses its global stats."""
+def freeze(lp: caffe_pb2.LayerParameter, blobs: int, global_stats: bool = True) -> None:
+    """lr_mult 0 and decay_mult 0 on each of the layer's `blobs` parameter blobs; BatchNorm uses its global stats.
+
+    `global_stats` False (no pretrained statistics: zeros from the fillers) leaves a BatchNorm as it is.
+    """
     # Net::Init: a layer whose every param has lr_mult 0 and whose bottoms need no backward is skipped by Backward.
+    # It reads the net's own param specs (a missing one counts as lr_mult 1), not the ones BatchNormLayer::LayerSetUp
+    # adds itself: a frozen BatchNorm keeps three explicit specs (UpgradeNetBatchNorm's "deprecated BatchNorm
+    # params" line is then logged, and only zeroes them), or it and every layer above it would run backward.
     while len(lp.param) < blobs:
         lp.param.add()
     for p in lp.param:
         p.lr_mult = 0
         p.decay_mult = 0
-    if lp.type == "BatchNorm":
+    if lp.type == "BatchNorm" and global_stats:
         # BatchNormLayer: frozen statistics are the stored ones, not the batch's (use_global_stats).
         lp.batch_norm_param.use_global_stats = True
 
@@ -176,10 +182,12 @@ def _data_layer(name: str, top: str, phase: int, source: str, batch: int,
 
 
 def finetune_nets(deploy: caffe_pb2.NetParameter, path: str, head: int, classes: int, data: Data,
-                  freeze_upto: int | None = None) -> tuple[caffe_pb2.NetParameter, caffe_pb2.NetParameter]:
+                  freeze_upto: int | None = None,
+                  global_stats: bool = True) -> tuple[caffe_pb2.NetParameter, caffe_pb2.NetParameter]:
     """(train_val, deploy) nets for fine-tuning `deploy` with head index `head` on `classes` classes.
 
-    `freeze_upto`: the index of the last frozen layer (every layer up to it gets lr_mult 0).
+    `freeze_upto`: the index of the last frozen layer (every layer up to it gets lr_mult 0); `global_stats`
+    False (no stored statistics: training from the fillers) takes use_global_stats off every BatchNorm.
     """
     src = input_layer(deploy, path)
     softmax = final_softmax(deploy)
@@ -226,7 +234,10 @@ def finetune_nets(deploy: caffe_pb2.NetParameter, path: str, head: int, classes:
         out = train.layer.add()
         out.CopyFrom(lp)
         if freeze_upto is not None and i <= freeze_upto:
-            freeze(out, counts.get(lp.name, 0))
+            freeze(out, counts.get(lp.name, 0), global_stats)
+        if out.type == "BatchNorm" and not global_stats:
+            # BatchNormLayer's default: the batch's statistics in TRAIN, their moving averages in TEST.
+            out.batch_norm_param.ClearField("use_global_stats")
     tail = new_deploy.layer[softmax] if softmax is not None else None
     acc = train.layer.add(name="accuracy", type="Accuracy", bottom=[loss_bottom, "label"], top=["accuracy"])
     acc.include.add(phase=caffe_pb2.TEST)
