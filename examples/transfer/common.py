@@ -190,7 +190,7 @@ def _param(mult: float) -> str:
 
 
 def shapes_body() -> str:
-    """The shapes example's net (models/shapes) up to ip1, its 64 features: conv-pool-conv-pool-ip."""
+    """The shapes example's net (caffecompat/examples/shapes) up to ip1, its 64 features: conv-pool-conv-pool-ip."""
     conv = ('layer {{ name: "{n}" type: "Convolution" bottom: "{b}" top: "{n}" {p}\n'
             '  convolution_param {{ num_output: {k} pad: 2 kernel_size: 5 weight_filler {{ type: "xavier" }} '
             'bias_filler {{ type: "constant" }} }} }}\n'
