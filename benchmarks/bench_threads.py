@@ -7,7 +7,7 @@ processes x 1 thread (two independent runs at once, each on half the images) and
 CaffeNet (../shared/bvlc-models' deploy.prototxt, 3 x 227 x 227) gets random
 weights from pycaffe's fillers (gaussian; the numbers do not matter for time),
 the images are random 256 x 256 JPEGs; `--net shapes` uses the bundled
-the shapes example's deploy net (caffecompat/examples/shapes) (3 x 32 x 32) instead, for a machine without
+shapes deploy net (caffecompat/examples/shapes, 3 x 32 x 32) instead, for a machine without
 ../shared. Each configuration's images/s is the number of images over the
 seconds classify reports for its classification loop (net building and
 process start-up excluded); for the two independent processes it is the
@@ -82,7 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
         work = Path(tmp)
-        deploy = CAFFENET if args.net == "caffenet" else ROOT / "caffecompat" / "examples" / "shapes" / "deploy.prototxt"
+        shapes = ROOT / "caffecompat" / "examples" / "shapes" / "deploy.prototxt"
+        deploy = CAFFENET if args.net == "caffenet" else shapes
         weights = work / "random.caffemodel"
         _weights(deploy, weights)
         rng = np.random.default_rng(0)
