@@ -29,7 +29,10 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def is_hdf5(path: str | os.PathLike) -> bool:
-    """H5Fis_hdf5: whether the file at `path` starts with the HDF5 signature."""
+    """H5Fis_hdf5: whether the file at `path` starts with the HDF5 signature (only a regular file is opened:
+    a FIFO would block, a device read without end; the reader proper then refuses them)."""
+    if not os.path.isfile(path):
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
