@@ -533,7 +533,7 @@ def test_terminal_escapes_in_record_keys_are_printed_escaped(work, capsys):
 
 def _prototxts() -> list[Path]:
     repo = Path(__file__).resolve().parent.parent
-    found = sorted(repo.glob("models/**/*.prototxt")) + sorted(repo.glob("examples/**/*.prototxt"))
+    found = sorted(repo.glob("caffecompat/examples/**/*.prototxt")) + sorted(repo.glob("examples/**/*.prototxt"))
     shared = repo.parent / "shared"
     if shared.exists():
         found += sorted(shared.glob("**/*.prototxt"))
