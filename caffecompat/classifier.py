@@ -16,6 +16,24 @@ from caffecompat import io
 from caffecompat.pycaffe import TEST, Net
 
 
+def input_transformer(net: Net, mean: np.ndarray | None = None, input_scale: float | None = None,
+                      raw_scale: float | None = None, channel_swap: Sequence[int] | None = None) -> io.Transformer:
+    """The Transformer of a deploy net's (single) input, as pycaffe's Classifier and Detector configure it:
+    transpose to C x H x W, then each preprocessing step that was given."""
+    in_ = net.inputs[0]
+    transformer = io.Transformer({in_: net.blobs[in_].data.shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return transformer
+
+
 class Classifier(Net):
     """Net(model_file, pretrained_file, TEST) with the preprocessing of its (single) input."""
 
@@ -24,16 +42,7 @@ class Classifier(Net):
                  channel_swap: Sequence[int] | None = None) -> None:
         super().__init__(model_file, TEST, weights=pretrained_file)
         in_ = self.inputs[0]
-        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         self.image_dims = np.array(image_dims if image_dims is not None else self.crop_dims)
 

@@ -337,6 +337,18 @@ def check_writable(target: str | os.PathLike, what: str) -> None:
         raise CaffeCompatError(f"{target}: cannot write the {what}: {reason}")
 
 
+def _new_locked(target: Path, what: str) -> tuple[Path, Path, int]:
+    """(folder, temporary, open descriptor) of a new temporary file beside `target`, locked as ours, after
+    sweeping the folder's stale temporaries."""
+    folder = _check_folder(target, what)
+    sweep_stale(folder)
+    try:
+        tmp, fd = _create(target, "file")
+    except OSError as e:
+        raise CaffeCompatError(f"{target}: cannot write the {what}: {os_reason(e, folder)}") from None
+    return folder, tmp, fd
+
+
 def write_temp(target: str | os.PathLike, data: Data, what: str = "file") -> Path:
     """Write `data` (bytes, or buffers one after another) to a new temporary file beside `target`.
 
@@ -344,12 +356,7 @@ def write_temp(target: str | os.PathLike, data: Data, what: str = "file") -> Pat
     nothing is left and a CaffeCompatError says why.
     """
     target = Path(target)
-    folder = _check_folder(target, what)
-    sweep_stale(folder)
-    try:
-        tmp, fd = _create(target, "file")
-    except OSError as e:
-        raise CaffeCompatError(f"{target}: cannot write the {what}: {os_reason(e, folder)}") from None
+    folder, tmp, fd = _new_locked(target, what)
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(data, (bytes, bytearray, memoryview)):
@@ -375,13 +382,7 @@ def new_temp(target: str | os.PathLike, what: str = "file") -> Path:
 
     (A writer that takes its own flock, as HDF5 does, must be told not to: h5py's locking=False.)
     """
-    target = Path(target)
-    folder = _check_folder(target, what)
-    sweep_stale(folder)
-    try:
-        tmp, fd = _create(target, "file")
-    except OSError as e:
-        raise CaffeCompatError(f"{target}: cannot write the {what}: {os_reason(e, folder)}") from None
+    _, tmp, fd = _new_locked(Path(target), what)
     os.close(fd)
     return tmp
 

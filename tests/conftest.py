@@ -42,3 +42,25 @@ def bvlc() -> Path:
 def zoo() -> Path:
     """../shared/zoo: real net definitions from public repositories (see its README)."""
     return _need(ZOO)
+
+
+# The hardening tests' assets (test_hardening*.py); a test file that defines its own `work` or `assets` uses that.
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """tests/fuzz.py's small valid assets: db/, mean.binaryproto, net/deploy/solver prototxts, weights, state."""
+    from tests import fuzz
+
+    folder = tmp_path_factory.mktemp("assets")
+    fuzz.make_assets(folder)
+    return folder
+
+
+@pytest.fixture
+def work(assets, tmp_path, monkeypatch) -> Path:
+    """A private copy of the assets, as the working directory."""
+    import shutil
+
+    folder = tmp_path / "work"
+    shutil.copytree(assets, folder)
+    monkeypatch.chdir(folder)
+    return folder

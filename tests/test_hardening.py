@@ -38,23 +38,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # --- fixtures -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> Path:
-    """tests/fuzz.py's small valid assets: db/, mean.binaryproto, net/deploy/solver prototxts, weights, state."""
-    folder = tmp_path_factory.mktemp("assets")
-    fuzz.make_assets(folder)
-    return folder
-
-
-@pytest.fixture
-def work(assets, tmp_path, monkeypatch) -> Path:
-    """A private copy of the assets, as the working directory."""
-    folder = tmp_path / "work"
-    shutil.copytree(assets, folder)
-    monkeypatch.chdir(folder)
-    return folder
-
-
 class Disk:
     """A folder on its own file system: a tmpfs of `size` bytes as root, else a plain folder."""
 

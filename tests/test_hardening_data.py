@@ -27,23 +27,6 @@ from caffecompat.errors import CaffeCompatError, DamagedDataError, printable
 from tests import fuzz
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> Path:
-    """tests/fuzz.py's small valid assets."""
-    folder = tmp_path_factory.mktemp("assets")
-    fuzz.make_assets(folder)
-    return folder
-
-
-@pytest.fixture
-def work(assets, tmp_path, monkeypatch) -> Path:
-    """A private copy of the assets, as the working directory."""
-    folder = tmp_path / "work"
-    shutil.copytree(assets, folder)
-    monkeypatch.chdir(folder)
-    return folder
-
-
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err[-3000:]
@@ -550,7 +533,7 @@ def test_terminal_escapes_in_record_keys_are_printed_escaped(work, capsys):
 
 def _prototxts() -> list[Path]:
     repo = Path(__file__).resolve().parent.parent
-    found = sorted(repo.glob("models/**/*.prototxt")) + sorted(repo.glob("examples/**/*.prototxt"))
+    found = sorted(repo.glob("caffecompat/examples/**/*.prototxt")) + sorted(repo.glob("examples/**/*.prototxt"))
     shared = repo.parent / "shared"
     if shared.exists():
         found += sorted(shared.glob("**/*.prototxt"))

@@ -374,25 +374,6 @@ def test_resume_from_a_mixed_pair_is_refused_in_one_line(work, capsys):
     assert (work / "state.solverstate").read_bytes() == old
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> Path:
-    from tests import fuzz
-
-    folder = tmp_path_factory.mktemp("assets")
-    fuzz.make_assets(folder)
-    return folder
-
-
-@pytest.fixture
-def work(assets, tmp_path, monkeypatch) -> Path:
-    import shutil
-
-    folder = tmp_path / "work"
-    shutil.copytree(assets, folder)
-    monkeypatch.chdir(folder)
-    return folder
-
-
 def test_a_missing_learned_net_says_where_it_looked_and_falls_back_beside_the_solverstate(work, capsys):
     from caffecompat.cli import main
 

@@ -299,7 +299,7 @@ def _netspec_deploy() -> caffe_pb2.NetParameter:
 def test_netspec_writes_the_models_files():
     deploy, train_val = _netspec_deploy()
     for proto, path in ((deploy, "deploy.prototxt"), (train_val, "train_val.prototxt")):
-        theirs = read_net_prototxt(REPO / "models" / "shapes" / path)
+        theirs = read_net_prototxt(REPO / "caffecompat" / "examples" / "shapes" / path)
         assert str(proto) == str(theirs), path
 
 
