@@ -317,3 +317,65 @@ def test_filter_refuses_the_selector_diff():
     # FilterLayer::Backward_cpu: LOG(FATAL) when propagate_down asks for the selector's diff.
     with pytest.raises(CaffeCompatError, match="selector"):
         registry.get(node).backward(node, g, Diffs(top=["d"], need_bottom=[True, True], need_param=[]))
+
+
+# -- HDF5Output ------------------------------------------------------------------------------------------------
+
+def _hdf5_output_net(tmp_path, data_shape=(3, 2, 2), label_shape=(3,)) -> str:
+    shape = " ".join(f"dim: {d}" for d in data_shape)
+    lshape = " ".join(f"dim: {d}" for d in label_shape)
+    text = (f'layer {{ name: "in" type: "Input" top: "data" top: "label" input_param {{ shape {{ {shape} }} '
+            f'shape {{ {lshape} }} }} }}\n'
+            'layer { name: "scale" type: "Power" bottom: "data" top: "scaled" power_param { scale: 2 } }\n'
+            f'layer {{ name: "out" type: "HDF5Output" bottom: "scaled" bottom: "label" '
+            f'hdf5_output_param {{ file_name: "{tmp_path / "out.h5"}" }} }}\n')
+    (tmp_path / "net.prototxt").write_text(text)
+    return str(tmp_path / "net.prototxt")
+
+
+def test_hdf5_output_leaves_the_first_batch(tmp_path):
+    import h5py
+
+    import caffecompat as caffe
+
+    (tmp_path / "out.h5").write_bytes(b"old content")  # H5F_ACC_TRUNC: building the net replaces it
+    net = caffe.Net(_hdf5_output_net(tmp_path), caffe.TEST)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert list(f) == []
+    x, label = _normal((3, 2, 2)), np.array([2, 0, 1], np.float32)
+    net.blobs["data"].data[...] = x
+    net.blobs["label"].data[...] = label
+    net.forward()
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert sorted(f) == ["data", "label"]
+        # Forward_cpu reshapes to the legacy num x channels x height x width: missing axes are 1.
+        assert f["data"].shape == (3, 2, 2, 1) and f["data"].dtype == np.float32
+        np.testing.assert_array_equal(f["data"][...].reshape(3, 2, 2), 2 * x)
+        np.testing.assert_array_equal(f["label"][...], label.reshape(3, 1, 1, 1))
+    # hdf5_save_nd_dataset cannot make "data" twice: Caffe's second Forward fails, the file keeps batch one.
+    net.blobs["data"].data[...] = 0
+    with pytest.raises(CaffeCompatError, match="Failed to make float dataset data"):
+        net.forward()
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        np.testing.assert_array_equal(f["data"][...].reshape(3, 2, 2), 2 * x)
+
+
+def test_hdf5_output_checks(tmp_path):
+    import caffecompat as caffe
+
+    net = caffe.Net(_hdf5_output_net(tmp_path, label_shape=(2,)), caffe.TEST)
+    with pytest.raises(CaffeCompatError, match="same batch size"):
+        net.forward()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    path = _hdf5_output_net(bad)
+    with open(path) as f:
+        text = f.read().replace(str(bad / "out.h5"), str(tmp_path / "missing" / "out.h5"))
+    with open(path, "w") as f:
+        f.write(text)
+    with pytest.raises(CaffeCompatError, match="cannot create the file"):
+        caffe.Net(path, caffe.TEST)
+    # The ONNX path refuses the layer.
+    with pytest.raises(CaffeCompatError, match="not supported: layer out of type HDF5Output"):
+        make_net('layer { name: "out" type: "HDF5Output" bottom: "a" bottom: "b" '
+                 f'hdf5_output_param {{ file_name: "{tmp_path / "x.h5"}" }} }}', {"a": (2, 1), "b": (2,)})

@@ -25,6 +25,7 @@ from caffecompat.layers import (  # noqa: F401
     exp,
     filter,
     flatten,
+    hdf5_output,
     hinge_loss,
     im2col,
     infogain_loss,
