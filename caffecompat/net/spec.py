@@ -135,6 +135,11 @@ def _build(net: caffe_pb2.NetParameter, phase: int, level: int | None, stages: I
         impl = registry.get(lp)
         node = LayerNode(param=lp, index=index, phase=phase, bottom_blobs=list(lp.bottom),
                          top_blobs=list(lp.top))
+        # Net::Init's AutoTopBlobs: a loss layer given no top gets one anonymous top, "(automatic)", that no
+        # later layer can read and that is no net output (its loss still counts).
+        automatic = impl.loss and not lp.top and bool(impl.min_tops)
+        if automatic:
+            node.top_blobs = ["(automatic)"]
         impl.check_counts(node)
         for j, b in enumerate(lp.bottom):
             if b not in current:
@@ -151,6 +156,10 @@ def _build(net: caffe_pb2.NetParameter, phase: int, level: int | None, stages: I
             value = t if seen_writes[t] == writes[t] else f"{t}@{lp.name}"
             if value in values or value in writes and value != t:
                 value = f"{t}@{lp.name}[{index}]"
+            values.add(value)
+            node.tops.append(value)
+        if automatic:
+            value = f"(automatic)@{lp.name}[{index}]"
             values.add(value)
             node.tops.append(value)
         if len(set(lp.top)) != len(lp.top):
