@@ -89,6 +89,13 @@ def test_batch_reindex_forward_and_accumulating_backward():
     check_layer_gradients(spec, {}, {"x": x, "idx": idx}, wrt=["x"])
 
 
+@pytest.mark.parametrize("bad", [-1.0, -0.5, 4.0])
+def test_batch_reindex_refuses_indices_outside_the_batch(bad):
+    # check_batch_reindex: CHECK_GE(index, 0) and CHECK_LT(index, num); Gather alone would wrap -1.
+    with pytest.raises(CaffeCompatError, match="out of data bounds"):
+        _run(REINDEX, {"x": _normal((4, 2)), "idx": np.array([0, bad], np.float32)}, ["y"])
+
+
 def test_batch_reindex_needs_1d_indices():
     with pytest.raises(CaffeCompatError, match="must be 1-D"):
         make_net(REINDEX, {"x": (4, 2), "idx": (2, 1)})
@@ -134,6 +141,15 @@ def test_multinomial_logistic_loss_refuses_bad_labels():
     assert [r.classes for r in rules] == [3]
     with pytest.raises(CaffeCompatError, match=r"outside \[0, 3\)"):
         check_labels(rules, lambda r: np.array([0, 3], np.float32))
+    # A label computed in the net is not checked before the pass: outside [0, dim), negative ones included,
+    # it is ONNX Runtime's error (never a wrapped read).
+    layers = 'layer { name: "neg" type: "Power" bottom: "label" top: "neg" power_param { scale: -1 } }\n' + \
+        MLL.replace('bottom: "label"', 'bottom: "neg"')
+    for label in ([0, 1], [0, -3]):
+        spec = make_net(layers, {"p": (2, 3), "label": (2,)})
+        with pytest.raises(CaffeCompatError, match="(?i)out of (data bounds|range)"):
+            forward(spec, {}, {"p": np.full((2, 3), 0.3, np.float32), "label": np.array(label, np.float32)},
+                    ["loss"])
     with pytest.raises(CaffeCompatError, match="one label per item"):
         make_net(MLL, {"p": (2, 3), "label": (2, 2)}, caffe_pb2.TRAIN)
     with pytest.raises(CaffeCompatError, match="propagate_down"):

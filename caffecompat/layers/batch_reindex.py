@@ -2,11 +2,14 @@
 
 Bottom 1 is the 1-D index blob `permut` (float values, truncated to int as
 Caffe's static_cast). Forward gathers; an index outside [0, num) is Caffe's
-CHECK failure, here ONNX Runtime's Gather error. Backward accumulates each top
+CHECK failure, here ONNX Runtime's Gather error
+(negative ones included, which Gather alone would wrap). Backward accumulates each top
 item's diff into the bottom item it came from; the indices get no diff.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from caffecompat.errors import NotSupportedError
 from caffecompat.layers.graph import INT64, GraphBuilder
@@ -36,6 +39,12 @@ class BatchReindex(Layer):
         idx = g.stashed(node, "indices")
         if idx is None:
             idx = g.op1("Cast", [node.bottoms[1]], to=INT64)
+            # check_batch_reindex: CHECK_GE(index, 0) on the float value. Gather would wrap a negative index
+            # (and Cast truncates -0.5 to 0): such an index is sent out of Gather's range, an error as in Caffe.
+            num = int(node.bottom_shapes[0][0])
+            out_of_range = g.op1("Sub", [idx, g.const(np.int64(2 * num + 1), np.int64, "out_of_range")])
+            negative = g.op1("Less", [node.bottoms[1], g.scalar(0.0)])
+            idx = g.op1("Where", [negative, out_of_range, idx])
             g.stash(node, "indices", idx)
         return idx
 

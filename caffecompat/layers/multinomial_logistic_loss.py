@@ -8,6 +8,8 @@ labels get no diff. Labels are checked before each pass by layers/labels.py.
 
 from __future__ import annotations
 
+import numpy as np
+
 from caffecompat.layers.graph import GraphBuilder
 from caffecompat.layers.loss import _check_first_dim, _count, _int_labels, _Loss, _loss_weight, _one_hot, _refuse
 from caffecompat.layers.ops import reduce_sum
@@ -39,8 +41,13 @@ class MultinomialLogisticLoss(_Loss):
         prob = g.op1("Reshape", [node.bottoms[0], g.ints([num, dim])])
         labels = _int_labels(g, node.bottoms[1], [num, 1])
         onehot = g.op1("Reshape", [_one_hot(g, g.op1("Unsqueeze", [labels, g.ints([2])]), dim), g.ints([num, dim])])
-        # Only prob[label] is read (an inf or NaN elsewhere does not leak in, as in Caffe).
-        picked = g.op1("Reshape", [g.op1("GatherElements", [prob, labels], axis=1), g.ints([num])])
+        # Only prob[label] is read (an inf or NaN elsewhere does not leak in, as in Caffe). A label outside
+        # [0, dim) that layers/labels.py did not see (one computed in the net) is GatherElements' error; a
+        # negative one, which it would wrap, is sent out of its range first.
+        zero = g.const(np.int64(0), np.int64, "zero")
+        wrapped = g.op1("Sub", [labels, g.const(np.int64(2 * dim + 1), np.int64, "out_of_range")])
+        safe = g.op1("Where", [g.op1("Less", [labels, zero]), wrapped, labels])
+        picked = g.op1("Reshape", [g.op1("GatherElements", [prob, safe], axis=1), g.ints([num])])
         return g.op1("Max", [picked, g.scalar(LOG_THRESHOLD)]), onehot
 
     def lower(self, node: LayerNode, g: GraphBuilder) -> None:
