@@ -395,3 +395,25 @@ def test_hdf5_output_checks(tmp_path):
     with pytest.raises(CaffeCompatError, match="not supported: layer out of type HDF5Output"):
         make_net('layer { name: "out" type: "HDF5Output" bottom: "a" bottom: "b" '
                  f'hdf5_output_param {{ file_name: "{tmp_path / "x.h5"}" }} }}', {"a": (2, 1), "b": (2,)})
+
+
+def test_parameter_learns_in_the_solver():
+    from caffecompat.formats.protofile import parse_text
+    from caffecompat.solver.loop import Solver
+
+    net = parse_text(
+        'layer { name: "t" type: "DummyData" top: "target" dummy_data_param { shape { dim: 2 dim: 3 } '
+        'data_filler { type: "constant" value: 1 } } }\n' + PARAMETER +
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "w" bottom: "target" top: "loss" }\n',
+        caffe_pb2.NetParameter, "net.prototxt", "net")
+    param = caffe_pb2.SolverParameter(base_lr=0.5, lr_policy="fixed", max_iter=1, display=0,
+                                      snapshot_after_train=False, random_seed=1)
+    param.net_param.CopyFrom(net)
+    solver = Solver(param, "solver")
+    try:
+        name = [n for n in solver.param_names if n.startswith("p#")][0]
+        solver.solve()
+        # EuclideanLoss: diff = (w - target) / num = -1 / 2 from the zeroed blob; SGD: w = 0 - 0.5 * (-0.5).
+        np.testing.assert_allclose(solver.value(name), np.full((2, 3), 0.25), rtol=1e-6)
+    finally:
+        solver.close()

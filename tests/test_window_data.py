@@ -84,6 +84,21 @@ def test_fg_bg_fractions(tmp_path):
     assert all(60 < c < 140 for c in counts.values()), counts
 
 
+def test_same_seed_same_batches(tmp_path):
+    source, root = _setup(tmp_path)
+    runs = []
+    for seed in (5, 5, 6):
+        src = make_source(_layer(source, root, batch=4, mirror=True, context_pad=2), TRAIN,
+                          np.random.default_rng(seed))
+        try:
+            runs.append([src.next_batch() for _ in range(3)])
+        finally:
+            src.close()
+    same = all(np.array_equal(a, b) for x, y in zip(runs[0], runs[1]) for a, b in zip(x, y))
+    other = all(np.array_equal(a, b) for x, y in zip(runs[0], runs[2]) for a, b in zip(x, y))
+    assert same and not other
+
+
 def _one_window_layer(tmp_path, window: tuple, **kw) -> caffe_pb2.LayerParameter:
     images = _images(tmp_path, [(30, 40)])
     source = _window_file(tmp_path, [("img0.png", (30, 40), [window, (0, 0.0, 0, 0, 3, 3)])])
