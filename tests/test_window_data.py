@@ -160,6 +160,21 @@ def test_square_mode_without_padding(tmp_path):
     np.testing.assert_array_equal(data[0], want)
 
 
+def test_cache_images_reads_each_image_once_at_setup(tmp_path):
+    lp, img = _one_window_layer(tmp_path, (3, 0.8, 4, 6, 13, 15), crop=12, context_pad=1)
+    lp.window_data_param.cache_images = True
+    src = make_source(lp, TEST, np.random.default_rng(0))
+    try:
+        (tmp_path / "img0.png").unlink()  # the cached bytes are decoded, the file is not read again
+        # More batches than the prefetch queue (data_param.prefetch, 4) holds: some are loaded after the unlink.
+        batches = [src.next_batch()[0] for _ in range(6)]
+    finally:
+        src.close()
+    want = cv2.resize(np.ascontiguousarray(img[5:18, 3:16]), (12, 12)).transpose(2, 0, 1).astype(np.float32)
+    for data in batches:
+        np.testing.assert_array_equal(data[0], want)
+
+
 def test_window_file_errors(tmp_path):
     source, root = _setup(tmp_path)
     with pytest.raises(CaffeCompatError, match="Failed to open window file"):

@@ -88,7 +88,8 @@ def parse_window_file(path: str, root: str, fg_threshold: float, bg_threshold: f
         image_path = root + take(str, "the image path")
         size = [take(int, "the channels"), take(int, "the height"), take(int, "the width")]
         images.append((image_path, size))
-        for _ in range(take(int, "the number of windows")):
+        num_windows = take(int, "the number of windows")
+        for _ in range(num_windows):
             label = take(int, "a window's class")
             overlap = F32(take(float, "a window's overlap"))
             x1, y1, x2, y2 = (take(int, "a window's coordinates") for _ in range(4))
@@ -104,6 +105,9 @@ def parse_window_file(path: str, root: str, fg_threshold: float, bg_threshold: f
                 # A background window: label and overlap forced to 0.
                 window[LABEL] = window[OVERLAP] = 0.0
                 bg.append(window)
+        if index % 100 == 0:
+            info("window_data_layer.cpp:148", f"num: {index} {image_path} {size[0]} {size[1]} {size[2]} "
+                 f"windows to process: {num_windows}")
     return images, fg, bg
 
 
