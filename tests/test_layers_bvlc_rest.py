@@ -417,3 +417,34 @@ def test_parameter_learns_in_the_solver():
         np.testing.assert_allclose(solver.value(name), np.full((2, 3), 0.25), rtol=1e-6)
     finally:
         solver.close()
+
+
+def test_hdf5_output_in_a_train_net_with_an_automatic_loss_top(tmp_path):
+    import h5py
+
+    from caffecompat.formats.protofile import parse_text
+    from caffecompat.solver.loop import Solver
+
+    # The loss has no top: Net::Init's AutoTopBlobs gives it "(automatic)"; the host-side HDF5Output makes the
+    # solver run the net by segments, which see that blob too.
+    net = parse_text(
+        'layer { name: "d" type: "DummyData" top: "data" top: "label" dummy_data_param { shape { dim: 4 dim: 3 } '
+        'shape { dim: 4 } data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+        'inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }\n'
+        f'layer {{ name: "out" type: "HDF5Output" bottom: "ip" bottom: "label" '
+        f'hdf5_output_param {{ file_name: "{tmp_path / "out.h5"}" }} }}\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" }\n',
+        caffe_pb2.NetParameter, "net.prototxt", "net")
+    # display 0: Caffe's Solve runs one more Forward after the last iteration when displaying, a second write.
+    param = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed", max_iter=1, display=0,
+                                      snapshot_after_train=False, random_seed=1)
+    param.net_param.CopyFrom(net)
+    solver = Solver(param, "solver")
+    try:
+        solver.solve()
+    finally:
+        solver.close()
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert f["data"].shape == (4, 2, 1, 1)
+        np.testing.assert_array_equal(f["label"][...].ravel(), np.ones(4))
