@@ -187,9 +187,9 @@ def test_backend_and_layer_checks(tmp_path):
         make_source(lp, TRAIN, np.random.default_rng(0))
     with pytest.raises(CaffeCompatError, match="batch_size must be positive"):
         make_source(layer(db, batch=0), TRAIN, np.random.default_rng(0))
-    with pytest.raises(NotSupportedError, match="data layer type 'WindowData' \\(layer 'w'\\)"):
-        make_source(caffe_pb2.LayerParameter(name="w", type="WindowData"), TRAIN, np.random.default_rng(0))
-    assert SOURCE_TYPES == {"Data", "ImageData", "HDF5Data", "DummyData", "MemoryData"}
+    with pytest.raises(NotSupportedError, match="data layer type 'VideoData' \\(layer 'w'\\)"):
+        make_source(caffe_pb2.LayerParameter(name="w", type="VideoData"), TRAIN, np.random.default_rng(0))
+    assert SOURCE_TYPES == {"Data", "ImageData", "HDF5Data", "DummyData", "MemoryData", "WindowData"}
 
 
 def _golden_layers(golden: Path) -> list[caffe_pb2.LayerParameter]:

@@ -19,7 +19,7 @@ from caffecompat.errors import NotSupportedError
 from caffecompat.proto import caffe_pb2
 
 # Layer types make_source handles.
-SOURCE_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "DummyData", "MemoryData"})
+SOURCE_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "DummyData", "MemoryData", "WindowData"})
 
 
 def make_source(layer: caffe_pb2.LayerParameter, phase: int, rng: np.random.Generator) -> DataSource:
@@ -44,6 +44,10 @@ def make_source(layer: caffe_pb2.LayerParameter, phase: int, rng: np.random.Gene
         from caffecompat.data.dummy_data import DummyDataSource
 
         return DummyDataSource(layer, phase, rng)
+    if layer.type == "WindowData":
+        from caffecompat.data.window_data import WindowDataSource
+
+        return WindowDataSource(layer, phase, rng)
     if layer.type == "MemoryData":
         from caffecompat.data.memory_data import MemorySource
 

@@ -39,3 +39,8 @@ class DummyData(_Source):
 @register("MemoryData")
 class MemoryData(_Source):
     """Batches of arrays given from Python (caffecompat.Net.set_input_arrays; caffecompat.pycaffe.MemorySource)."""
+
+
+@register("WindowData")
+class WindowData(_Source):
+    """R-CNN's foreground/background windows warped out of images listed in a window file (caffecompat.data)."""

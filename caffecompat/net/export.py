@@ -117,8 +117,10 @@ def _export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, pa
     graph_inputs = [helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, spec.shapes[v]) for v in spec.inputs]
     graph_inputs += [helper.make_tensor_value_info(v, helper.np_dtype_to_tensor_dtype(np.dtype(f.dtype)), f.shape)
                      for v, f in g.fed_inputs.items()]
-    graph_inputs += [helper.make_tensor_value_info(seed_input_name(v), onnx.TensorProto.FLOAT, spec.shapes[v])
-                     for v in seeds]
+    # A diff set on a top of data-dependent size (Filter's) has that size: those axes are symbolic too.
+    graph_inputs += [helper.make_tensor_value_info(
+        seed_input_name(v), onnx.TensorProto.FLOAT,
+        [f"{v}_{a}" if a in dynamic.get(v, ()) else d for a, d in enumerate(spec.shapes[v])]) for v in seeds]
     initializers = list(g.constants)
     if params_as_inputs:
         graph_inputs += [helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, spec.params[p].shape) for p in used]

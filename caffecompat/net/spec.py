@@ -118,6 +118,7 @@ def _build(net: caffe_pb2.NetParameter, phase: int, level: int | None, stages: I
     values: set[str] = set()
     inputs: list[str] = []
     consumed: set[str] = set()
+    automatic_values: dict[str, str] = {}  # Net::Init lists an "(automatic)" top among its blobs, not outputs
     params: dict[str, ParamInfo] = {}
     shared: dict[str, tuple[str, Shape]] = {}  # ParamSpec name -> (tensor name, shape)
 
@@ -135,6 +136,11 @@ def _build(net: caffe_pb2.NetParameter, phase: int, level: int | None, stages: I
         impl = registry.get(lp)
         node = LayerNode(param=lp, index=index, phase=phase, bottom_blobs=list(lp.bottom),
                          top_blobs=list(lp.top))
+        # Net::Init's AutoTopBlobs: a loss layer given no top gets one anonymous top, "(automatic)", that no
+        # later layer can read and that is no net output (its loss still counts).
+        automatic = impl.loss and not lp.top and bool(impl.min_tops)
+        if automatic:
+            node.top_blobs = ["(automatic)"]
         impl.check_counts(node)
         for j, b in enumerate(lp.bottom):
             if b not in current:
@@ -153,6 +159,11 @@ def _build(net: caffe_pb2.NetParameter, phase: int, level: int | None, stages: I
                 value = f"{t}@{lp.name}[{index}]"
             values.add(value)
             node.tops.append(value)
+        if automatic:
+            value = f"(automatic)@{lp.name}[{index}]"
+            values.add(value)
+            node.tops.append(value)
+            automatic_values["(automatic)"] = value
         if len(set(lp.top)) != len(lp.top):
             raise node.error("lists the same top twice")
 
@@ -180,7 +191,8 @@ def _build(net: caffe_pb2.NetParameter, phase: int, level: int | None, stages: I
     # Net outputs: Caffe's available_blobs set (tops no later layer reads), in name order.
     outputs = [current[b] for b in sorted(current) if current[b] not in consumed]
     return NetSpec(name=net.name, phase=phase, layers=nodes, inputs=inputs, outputs=outputs,
-                   shapes=shapes, params=params, blob_values=dict(current), force_backward=net.force_backward)
+                   shapes=shapes, params=params, blob_values={**automatic_values, **current},
+                   force_backward=net.force_backward)
 
 
 def check_layer_types(layers: Iterable[caffe_pb2.LayerParameter], source: str) -> None:

@@ -93,6 +93,8 @@ def _describe(error: BaseException) -> str:
 
 def layer_label(node: LayerNode) -> str:
     """How messages name a Python layer: `layer 'loss' (Python, module pyloss, class EuclideanLossLayer)`."""
+    if node.type != "Python":
+        return f"layer '{node.name}' ({node.type})"
     pp = node.param.python_param
     return f"layer '{node.name}' (Python, module {pp.module or '?'}, class {pp.layer or '?'})"
 
@@ -179,7 +181,12 @@ class PythonLayers:
         """Shapes of the layer's tops: set up (made, setup, reshape) the first time; afterwards as they are."""
         obj = self.objects.get(node.index)
         if obj is None:
-            cls = import_layer_class(node)
+            builtin = HOST_TYPES.get(node.type)
+            if builtin:
+                module, _, name = builtin.partition(":")
+                cls = getattr(importlib.import_module(module), name)
+            else:
+                cls = import_layer_class(node)
             try:
                 obj = cls(node.param)
             except Exception as e:
@@ -223,15 +230,24 @@ def host_of(node: LayerNode) -> PythonLayers:
     """The PythonLayers that set up `node` (remembered on the node), or the one being built with."""
     host = getattr(node, "runtime", None) or _ACTIVE.get()
     if host is None:
-        raise NotSupportedError(f"layer {node.label} of type Python here: Python layers run in caffecompat.Net, "
-                                "the solvers and caffecompat train/test/time, not in an ONNX file")
+        raise NotSupportedError(f"layer {node.label} of type {node.type} here: {node.type} layers run in "
+                                "caffecompat.Net, the solvers and caffecompat train/test/time, not in an ONNX file")
     node.runtime = host
     return host
 
 
+# Built-in layer types that run on the host like Python layers: type -> the module of their host class.
+HOST_TYPES = {"Python": "", "HDF5Output": "caffecompat.layers.hdf5_output:HDF5OutputHost"}
+
+
+def is_host_layer(type_name: str) -> bool:
+    """Whether layers of this type run on the host between ONNX segments (Python, HDF5Output)."""
+    return type_name in HOST_TYPES
+
+
 def has_python_layers(net: Any) -> bool:
-    """Whether a NetParameter names a Python layer (before any state filtering)."""
-    return any(lp.type == "Python" for lp in net.layer)
+    """Whether a NetParameter names a Python layer or another host-side type (before any state filtering)."""
+    return any(is_host_layer(lp.type) for lp in net.layer)
 
 
 def param_arrays(host: PythonLayers, node: LayerNode) -> list[np.ndarray]:

@@ -50,6 +50,7 @@ from caffecompat.runtime.blob import Blob
 from caffecompat.runtime.feeder import Feeder
 from caffecompat.runtime.forward import ForwardRunner, forward_loss, scoring_runner
 from caffecompat.runtime.providers import inference_session, ort_call, session_options
+from caffecompat.runtime.python_layers import is_host_layer
 from caffecompat.runtime.training import TrainingNet
 
 F32 = np.float32
@@ -154,7 +155,7 @@ class SegmentedNet:
     @staticmethod
     def kind(node: LayerNode) -> str:
         """"python", "source" (data and Input layers) or "graph" (lowered to ONNX)."""
-        if node.type == "Python":
+        if is_host_layer(node.type):
             return "python"
         return "source" if registry.get(node).source else "graph"
 
