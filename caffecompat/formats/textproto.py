@@ -162,6 +162,7 @@ def parse_fast(text: str, msg: pb_message.Message) -> bool:
     it and must be discarded) when the text needs text_format: a construct outside the subset, or an error."""
     try:
         _merge(msg, _tokens(text), 0, False)
-    except (_GiveUp, ValueError, TypeError, AttributeError, IndexError):
+    # RecursionError: text nested past Python's limit (a recursive -proto schema); text_format says so.
+    except (_GiveUp, ValueError, TypeError, AttributeError, IndexError, RecursionError):
         return False
     return True
