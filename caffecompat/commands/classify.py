@@ -203,8 +203,10 @@ def collect(inputs: list[str], root: str, classes: list[str] | None) -> list[Ite
 def _input_layer(net: caffe_pb2.NetParameter, model: str) -> caffe_pb2.LayerParameter:
     state = caffe_pb2.NetState(phase=caffe_pb2.TEST)
     kept = filter_layers(net, state, model)
+    # A Python layer is a data layer only when it has no bottoms (one in the middle of the net, e.g. a
+    # proposal or normalization layer, runs as any other layer).
     sources = [lp for lp in kept if lp.type in ("Data", "ImageData", "HDF5Data", "DummyData", "WindowData",
-                                                "MemoryData", "Python")]
+                                                "MemoryData") or (lp.type == "Python" and not lp.bottom)]
     inputs = [lp for lp in kept if lp.type == "Input"]
     if sources or len(inputs) != 1 or len(inputs[0].top) != 1:
         raise CaffeCompatError(f"{model}: classify needs a deploy net whose one input is an Input layer with one "
