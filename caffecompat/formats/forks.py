@@ -40,6 +40,9 @@ class ForkField:
 SSD = "SSD"
 DEEPLAB = "DeepLab/PSPNet"
 SEGNET = "SegNet"
+FAST_RCNN = "Fast R-CNN"
+RFCN = "R-FCN"
+YOLO = "the YOLOv2 ports (darknet2caffe)"
 
 # Every field proto/forks.proto adds to a BVLC message, "Message.field" (tests check the list is complete).
 FORK_FIELDS: dict[str, ForkField] = {
@@ -67,6 +70,10 @@ FORK_FIELDS: dict[str, ForkField] = {
     "LayerParameter.relu6_param": ForkField("the ReLU6 forks", ("ReLU6",)),
     "LayerParameter.roi_pooling_param": ForkField("Fast R-CNN", ("ROIPooling",)),
     "LayerParameter.psroi_pooling_param": ForkField("R-FCN", ("PSROIPooling",)),
+    "LayerParameter.smooth_l1_loss_param": ForkField(f"{FAST_RCNN} and {RFCN}", ("SmoothL1Loss",)),
+    "LayerParameter.box_annotator_ohem_param": ForkField(RFCN, ("BoxAnnotatorOHEM",)),
+    "LayerParameter.reorg_param": ForkField(YOLO, ("Reorg",)),
+    "LayerParameter.region_param": ForkField(YOLO, ("Region",)),
     # Translated into round_mode by prepare_net.
     "PoolingParameter.ceil_mode": ForkField("BVLC pull request 3057 (DenseNet, OpenCV)"),
     "TransformationParameter.resize_param": ForkField(SSD),
@@ -84,6 +91,7 @@ FORK_FIELDS: dict[str, ForkField] = {
     "LossParameter.weight_by_label_freqs": ForkField(SEGNET),
     "LossParameter.class_weighting": ForkField(SEGNET),
     "DropoutParameter.sample_weights_test": ForkField(SEGNET),
+    "DropoutParameter.scale_train": ForkField(f"{FAST_RCNN} and {RFCN}"),
     "BatchNormParameter.update_global_stats": ForkField(DEEPLAB),
     "BatchNormParameter.scale_bias": ForkField("NVIDIA Caffe"),
     "SolverParameter.eval_type": ForkField(SSD),
@@ -109,6 +117,9 @@ FORK_TYPES: dict[str, str] = {
     "ImageLabelmapData": "HED",
     "ROIPooling": "Fast R-CNN",
     "PSROIPooling": "R-FCN",
+    "BoxAnnotatorOHEM": RFCN,
+    "Reorg": YOLO,
+    "Region": YOLO,
 }
 
 
