@@ -100,6 +100,40 @@ FORK_FIELDS: dict[str, ForkField] = {
     "SolverParameter.plateau_winsize": ForkField(SSD),
 }
 
+OPENCV = "OpenCV's importer"
+YOLO3 = "the YOLOv3 ports"
+
+
+@dataclass(frozen=True)
+class MessageField:
+    """A field of a fork's own parameter message: its fork, and why a layer we implement would not honour it."""
+
+    fork: str
+    refused: str = ""  # "" when the layer honours it; else what to do instead
+    harmless: tuple[object, ...] = ()  # values of a refused field that ask for what the layer does anyway
+
+
+# Fields inside the fork messages of implemented layer types that some fork adds (or that the layer does not
+# honour): "Message.field". A refused field set in a file (to a value not in `harmless`) is reported by name
+# before anything runs; the layer's other fields are all honoured.
+FORK_MESSAGE_FIELDS: dict[str, MessageField] = {
+    "DetectionOutputParameter.clip": MessageField(OPENCV),
+    "DetectionOutputParameter.normalized_bbox": MessageField(
+        OPENCV, "priors in pixels; give PriorBox normalized priors (its default)", (True,)),
+    "DetectionOutputParameter.visualize": MessageField(SSD, "drawing the detections; remove it", (False,)),
+    "DetectionOutputParameter.visualize_threshold": MessageField(SSD, "read only by visualize; remove it"),
+    "DetectionOutputParameter.save_output_param": MessageField(
+        SSD, "writing detection files; read the detections from the top instead"),
+    "DetectionOutputParameter.save_file": MessageField(SSD, "writing detection files; remove it"),
+    "NonMaximumSuppressionParameter.eta": MessageField(SSD),
+    "PriorBoxParameter.offset_h": MessageField(OPENCV, "explicit prior offsets; use offset"),
+    "PriorBoxParameter.offset_w": MessageField(OPENCV, "explicit prior offsets; use offset"),
+    "PriorBoxParameter.width": MessageField(OPENCV, "explicit prior sizes; use min_size, max_size, aspect_ratio"),
+    "PriorBoxParameter.height": MessageField(OPENCV, "explicit prior sizes; use min_size, max_size, aspect_ratio"),
+    "UpsampleParameter.stride": MessageField(
+        YOLO3, "the one-bottom nearest-neighbour Upsample; only SegNet's two-bottom unpooling is implemented"),
+}
+
 # Layer types that only forks have (their parameters, if any, are FORK_FIELDS).
 FORK_TYPES: dict[str, str] = {
     **{t: SSD for t in ("AnnotatedData", "MultiBoxLoss", "Permute", "PriorBox", "DetectionOutput",
@@ -153,6 +187,19 @@ def _fork_fields_in(msg: pb_message.Message, path: str) -> Iterable[tuple[str, F
             yield from _fork_fields_in(item, where + suffix)
 
 
+def _refused_in(msg: pb_message.Message, path: str, label: str) -> list[str]:
+    """The refused FORK_MESSAGE_FIELDS set in `msg` (a fork's parameter message) and its sub-messages."""
+    problems = []
+    for field, value in msg.ListFields():
+        key = f"{msg.DESCRIPTOR.name}.{field.name}"
+        known = FORK_MESSAGE_FIELDS.get(key)
+        if known is not None and known.refused and value not in known.harmless:
+            problems.append(f"{label} (field {path}{field.name}: {key} of {known.fork}, {known.refused})")
+        elif field.type == field.TYPE_MESSAGE and not field.is_repeated:
+            problems += _refused_in(value, f"{path}{field.name}.", label)
+    return problems
+
+
 def layer_problems(lp: caffe_pb2.LayerParameter, registered: frozenset[str] | None = None) -> list[str]:
     """What of layer `lp` comes from a fork and is not implemented, one entry per field (or type)."""
     registered = _registered() if registered is None else registered
@@ -166,6 +213,10 @@ def layer_problems(lp: caffe_pb2.LayerParameter, registered: frozenset[str] | No
                 problems.append(f"{label} (field {where} of {fork.fork})")
         elif not _is_default(field, value):
             problems.append(f"{label} (field {where} of {fork.fork})")
+    if known_type:
+        for where, fork, _field, value in _fork_fields_in(lp, ""):
+            if lp.type in fork.readers and isinstance(value, pb_message.Message):
+                problems += _refused_in(value, where + ".", label)
     if not problems and not known_type and lp.type in FORK_TYPES:
         problems.append(f"{label} (a layer of {FORK_TYPES[lp.type]})")
     return problems
