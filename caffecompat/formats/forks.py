@@ -12,7 +12,10 @@ A fork field counts as implemented when a layer type that reads it is
 registered (caffecompat/layers); a fork layer type without a parameter message
 (Axpy, ReLU6 without relu6_param) when its type is registered. A fork field on
 a layer of a type that does not read it is ignored, as the fork itself ignores
-it, and so is a fork field that only restates its default. Fields of a user's
+it, and so is a fork field that only restates its default. Inside the
+parameter message of a layer type we run, the fields FORK_MESSAGE_FIELDS marks
+as not honoured are refused by name (`visualize` of SSD's DetectionOutput);
+`field_status` says what happens to any fork field. Fields of a user's
 own caffe.proto (-proto) that our schema lacks are reported the same way by
 caffecompat.formats.userproto, in the same message.
 """
@@ -272,3 +275,46 @@ def solver_problems(solver: caffe_pb2.SolverParameter) -> list[str]:
         if fork is not None and not _is_default(field, value):
             problems.append(f"solver field {field.name} of {fork.fork}")
     return problems
+
+
+def _readers_by_message() -> dict[str, frozenset[str]]:
+    """The layer types reading each fork parameter message (and the messages nested in it), by message name."""
+    readers: dict[str, set[str]] = {}
+
+    def walk(message: pb_descriptor.Descriptor, types: tuple[str, ...], seen: frozenset[str]) -> None:
+        readers.setdefault(message.name, set()).update(types)
+        for f in message.fields:
+            if f.message_type is not None and f.message_type.name not in seen:
+                walk(f.message_type, types, seen | {f.message_type.name})
+
+    layer = caffe_pb2.LayerParameter.DESCRIPTOR
+    for key, fork in FORK_FIELDS.items():
+        message, name = key.split(".")
+        if message == "LayerParameter" and fork.readers:
+            sub = layer.fields_by_name[name].message_type
+            walk(sub, fork.readers, frozenset({sub.name}))
+    return {m: frozenset(t) for m, t in readers.items()}
+
+
+def field_status(key: str, registered: frozenset[str] | None = None) -> str:
+    """What caffecompat does with the fork field `key` ("Message.field"): "honoured", or "refused: why"."""
+    registered = _registered() if registered is None else registered
+    message, name = key.split(".")
+    known = FORK_MESSAGE_FIELDS.get(key)
+    if known is not None:
+        return f"refused: {known.refused}" if known.refused else "honoured"
+    fork = FORK_FIELDS.get(key)
+    if fork is not None:
+        if key == "PoolingParameter.ceil_mode":
+            return "honoured"  # translate_ceil_mode
+        if fork.readers:
+            missing = [t for t in fork.readers if t not in registered]
+            return f"refused: layer type {', '.join(missing)} is not implemented" if missing else "honoured"
+        return "refused: unless it restates its default"
+    readers = _readers_by_message().get(message)
+    if readers is None:
+        raise KeyError(f"{key} is not a field the forks add")
+    missing = sorted(t for t in readers if t not in registered)
+    if len(missing) == len(readers):
+        return f"refused: layer type {', '.join(missing)} is not implemented"
+    return "honoured"
