@@ -92,16 +92,23 @@ FORK_SCHEMAS: dict[str, dict[str, str]] = {
     "YOLOv3 ports (one-bottom Upsample)": {
         "LayerParameter.upsample_param": "UpsampleParameter", "UpsampleParameter.stride": "uint32",
     },
-    "NVIDIA Caffe": {
-        "BatchNormParameter.scale_bias": "bool",
+    "NVIDIA Caffe (0.15)": {
+        "BatchNormParameter.scale_bias": "bool", "BatchNormParameter.scale_filler": "FillerParameter",
+        "ConvolutionParameter.cudnn_convolution_algo_seeker": "enum",
+        "TransformationParameter.use_gpu_transform": "bool",
+        "LayerParameter.detectnet_groundtruth_param": "DetectNetGroundTruthParameter",
+        "DetectNetAugmentationParameter.flip_prob": "float",
+        "SolverParameter.max_epoch": "int32", "SolverParameter.per_parameter_reduce": "bool",
     },
 }
 
 # What we do with some of them (the rest follow from whether their layer type is implemented).
 HONOURED = ["DetectionOutputParameter.clip", "NonMaximumSuppressionParameter.eta", "PoolingParameter.ceil_mode",
-            "NonMaximumSuppressionParameter.top_k", "InterpParameter.zoom_factor"]
+            "NonMaximumSuppressionParameter.top_k", "InterpParameter.zoom_factor",
+            "ConvolutionParameter.cudnn_convolution_algo_seeker"]  # the last changes only speed
 REFUSED = ["DetectionOutputParameter.visualize", "DetectionOutputParameter.save_file", "UpsampleParameter.stride",
-           "PriorBoxParameter.width", "DropoutParameter.scale_train", "BatchNormParameter.update_global_stats"]
+           "PriorBoxParameter.width", "DropoutParameter.scale_train", "BatchNormParameter.update_global_stats",
+           "SolverParameter.max_epoch", "DetectNetAugmentationParameter.flip_prob"]
 
 _SCALARS = {FD.TYPE_BOOL: "bool", FD.TYPE_FLOAT: "float", FD.TYPE_INT32: "int32", FD.TYPE_UINT32: "uint32",
             FD.TYPE_STRING: "string", FD.TYPE_ENUM: "enum", FD.TYPE_INT64: "int64"}
@@ -156,8 +163,20 @@ def test_refused_fields_are_named_before_anything_runs(tmp_path):
                           "DetectionOutputParameter.save_file of SSD, writing detection files")
     assert "UpsampleParameter.stride of the YOLOv3 ports" in msg and msg.endswith("2 in all)")
     assert "visualize" not in msg and "eta" not in msg and "clip" not in msg  # restated default; honoured
-    path.write_text(_det("clip: true nms_param { nms_threshold: 0.6 eta: 0.5 }"))
+    path.write_text(_det("clip: true nms_param { nms_threshold: 0.6 eta: 0.5 }")
+                    + 'layer { name: "c" type: "Convolution" bottom: "prior" top: "c" convolution_param { '
+                      'num_output: 1 kernel_size: 1 cudnn_convolution_algo_seeker: GET } }\n')
     read_net_prototxt(path)
+
+
+def test_nvidias_epoch_schedule_is_refused_in_a_solver(tmp_path):
+    from caffecompat.formats.solver import read_solver_prototxt
+
+    path = tmp_path / "solver.prototxt"
+    path.write_text('net: "net.prototxt"\nbase_lr: 0.01\nmax_epoch: 30\nper_parameter_reduce: false\n')
+    with pytest.raises(NotSupportedError, match="solver field max_epoch of NVIDIA Caffe") as e:
+        read_solver_prototxt(path)
+    assert "per_parameter_reduce" not in str(e.value)
 
 
 def test_the_yolo_zoo_files_parse_now(zoo):

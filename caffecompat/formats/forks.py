@@ -38,6 +38,7 @@ class ForkField:
 
     fork: str
     readers: tuple[str, ...] = ()  # layer types reading it; () for fields of BVLC messages every layer may carry
+    inert: bool = False  # changes only speed (a cuDNN or GPU choice): ignored whatever its value
 
 
 SSD = "SSD"
@@ -46,6 +47,7 @@ SEGNET = "SegNet"
 FAST_RCNN = "Fast R-CNN"
 RFCN = "R-FCN"
 YOLO = "the YOLOv2 ports (darknet2caffe)"
+NVIDIA = "NVIDIA Caffe"
 
 # Every field proto/forks.proto adds to a BVLC message, "Message.field" (tests check the list is complete).
 FORK_FIELDS: dict[str, ForkField] = {
@@ -77,6 +79,10 @@ FORK_FIELDS: dict[str, ForkField] = {
     "LayerParameter.box_annotator_ohem_param": ForkField(RFCN, ("BoxAnnotatorOHEM",)),
     "LayerParameter.reorg_param": ForkField(YOLO, ("Reorg",)),
     "LayerParameter.region_param": ForkField(YOLO, ("Region",)),
+    "LayerParameter.detectnet_groundtruth_param": ForkField(NVIDIA, ("DetectNetTransformation",)),
+    "LayerParameter.detectnet_augmentation_param": ForkField(NVIDIA, ("DetectNetTransformation",)),
+    "ConvolutionParameter.cudnn_convolution_algo_seeker": ForkField(NVIDIA, inert=True),
+    "TransformationParameter.use_gpu_transform": ForkField(NVIDIA, inert=True),
     # Translated into round_mode by prepare_net.
     "PoolingParameter.ceil_mode": ForkField("BVLC pull request 3057 (DenseNet, OpenCV)"),
     "TransformationParameter.resize_param": ForkField(SSD),
@@ -96,11 +102,18 @@ FORK_FIELDS: dict[str, ForkField] = {
     "DropoutParameter.sample_weights_test": ForkField(SEGNET),
     "DropoutParameter.scale_train": ForkField(f"{FAST_RCNN} and {RFCN}"),
     "BatchNormParameter.update_global_stats": ForkField(DEEPLAB),
-    "BatchNormParameter.scale_bias": ForkField("NVIDIA Caffe"),
+    "BatchNormParameter.scale_bias": ForkField(NVIDIA),
+    "BatchNormParameter.scale_filler": ForkField(NVIDIA),
+    "BatchNormParameter.bias_filler": ForkField(NVIDIA),
     "SolverParameter.eval_type": ForkField(SSD),
     "SolverParameter.ap_version": ForkField(SSD),
     "SolverParameter.show_per_class_result": ForkField(SSD),
     "SolverParameter.plateau_winsize": ForkField(SSD),
+    "SolverParameter.test_epoch_size": ForkField(NVIDIA),
+    "SolverParameter.test_interval_epoch": ForkField(NVIDIA),
+    "SolverParameter.max_epoch": ForkField(NVIDIA),
+    "SolverParameter.epoch_size": ForkField(NVIDIA),
+    "SolverParameter.per_parameter_reduce": ForkField(NVIDIA, inert=True),
 }
 
 OPENCV = "OpenCV's importer"
@@ -157,6 +170,7 @@ FORK_TYPES: dict[str, str] = {
     "BoxAnnotatorOHEM": RFCN,
     "Reorg": YOLO,
     "Region": YOLO,
+    "DetectNetTransformation": NVIDIA,
 }
 
 
@@ -214,7 +228,7 @@ def layer_problems(lp: caffe_pb2.LayerParameter, registered: frozenset[str] | No
             # A fork reads its layer's own parameter message only in the layer types that use it.
             if lp.type in fork.readers and not known_type:
                 problems.append(f"{label} (field {where} of {fork.fork})")
-        elif not _is_default(field, value):
+        elif not fork.inert and not _is_default(field, value):
             problems.append(f"{label} (field {where} of {fork.fork})")
     if known_type:
         for where, fork, _field, value in _fork_fields_in(lp, ""):
@@ -272,7 +286,7 @@ def solver_problems(solver: caffe_pb2.SolverParameter) -> list[str]:
     problems = []
     for field, value in solver.ListFields():
         fork = FORK_FIELDS.get(f"SolverParameter.{field.name}")
-        if fork is not None and not _is_default(field, value):
+        if fork is not None and not fork.inert and not _is_default(field, value):
             problems.append(f"solver field {field.name} of {fork.fork}")
     return problems
 
@@ -307,6 +321,8 @@ def field_status(key: str, registered: frozenset[str] | None = None) -> str:
     if fork is not None:
         if key == "PoolingParameter.ceil_mode":
             return "honoured"  # translate_ceil_mode
+        if fork.inert:
+            return "honoured"  # nothing to do: it changes only speed
         if fork.readers:
             missing = [t for t in fork.readers if t not in registered]
             return f"refused: layer type {', '.join(missing)} is not implemented" if missing else "honoured"
