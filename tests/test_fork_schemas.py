@@ -48,6 +48,10 @@ FORK_SCHEMAS: dict[str, dict[str, str]] = {
         "PoolingParameter.ceil_mode": "bool",
         "LayerParameter.norm_param": "NormalizeParameter",
         "NormalizeParameter.across_spatial": "bool", "NormalizeParameter.eps": "float",
+        "LayerParameter.proposal_param": "ProposalParameter", "ProposalParameter.feat_stride": "uint32",
+        "ProposalParameter.ratio": "float", "ProposalParameter.nms_thresh": "float",
+        "LayerParameter.roi_pooling_param": "ROIPoolingParameter",
+        "LayerParameter.psroi_pooling_param": "PSROIPoolingParameter",
     },
     "SSD (weiliu89/caffe)": {
         "LayerParameter.detection_output_param": "DetectionOutputParameter",

@@ -48,6 +48,7 @@ FAST_RCNN = "Fast R-CNN"
 RFCN = "R-FCN"
 YOLO = "the YOLOv2 ports (darknet2caffe)"
 NVIDIA = "NVIDIA Caffe"
+OPENCV = "OpenCV's importer"
 
 # Every field proto/forks.proto adds to a BVLC message, "Message.field" (tests check the list is complete).
 FORK_FIELDS: dict[str, ForkField] = {
@@ -79,6 +80,7 @@ FORK_FIELDS: dict[str, ForkField] = {
     "LayerParameter.box_annotator_ohem_param": ForkField(RFCN, ("BoxAnnotatorOHEM",)),
     "LayerParameter.reorg_param": ForkField(YOLO, ("Reorg",)),
     "LayerParameter.region_param": ForkField(YOLO, ("Region",)),
+    "LayerParameter.proposal_param": ForkField(OPENCV, ("Proposal",)),
     "LayerParameter.detectnet_groundtruth_param": ForkField(NVIDIA, ("DetectNetTransformation",)),
     "LayerParameter.detectnet_augmentation_param": ForkField(NVIDIA, ("DetectNetTransformation",)),
     "ConvolutionParameter.cudnn_convolution_algo_seeker": ForkField(NVIDIA, inert=True),
@@ -116,7 +118,6 @@ FORK_FIELDS: dict[str, ForkField] = {
     "SolverParameter.per_parameter_reduce": ForkField(NVIDIA, inert=True),
 }
 
-OPENCV = "OpenCV's importer"
 YOLO3 = "the YOLOv3 ports"
 
 
@@ -171,6 +172,7 @@ FORK_TYPES: dict[str, str] = {
     "Reorg": YOLO,
     "Region": YOLO,
     "DetectNetTransformation": NVIDIA,
+    "Proposal": OPENCV,
 }
 
 
