@@ -285,15 +285,17 @@ def _ssd_inputs(num: int, priors: int, classes: int, seed: int, spread: float = 
     return {"loc": loc, "conf": conf.reshape(num, -1).astype(f32), "prior": prior}
 
 
-@pytest.mark.parametrize("eta,nms,clip", [(0.9, 0.8, False), (0.7, 0.95, True), (0.5, 0.45, False)])
-def test_adaptive_nms_and_clip_are_ssds_forward(eta, nms, clip):
+@pytest.mark.parametrize("eta,nms,clip,top_k", [(0.9, 0.8, False, 25), (0.7, 0.95, True, 25), (0.5, 0.45, False, 25),
+                                               (0.8, 0.9, False, -1)])
+def test_adaptive_nms_and_clip_are_ssds_forward(eta, nms, clip, top_k):
     feeds = _ssd_inputs(2, 40, 4, seed=int(eta * 10), spread=3.0 if clip else 1.0)
-    params = (f"num_classes: 4 code_type: CENTER_SIZE nms_param {{ nms_threshold: {nms} eta: {eta} top_k: 25 }} "
-              f"confidence_threshold: 0.02 keep_top_k: 70 clip: {str(clip).lower()}")
+    params = (f"num_classes: 4 code_type: CENTER_SIZE nms_param {{ nms_threshold: {nms} eta: {eta} "
+              + (f"top_k: {top_k} " if top_k > 0 else "")
+              + f"}} confidence_threshold: 0.02 keep_top_k: 70 clip: {str(clip).lower()}")
     layers = ('layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "det" '
               f'detection_output_param {{ {params} }} }}\n')
     ours = forward(make_net(layers, {k: v.shape for k, v in feeds.items()}), {}, feeds, ["det"])["det"]
-    kwargs = {"code": "CENTER_SIZE", "nms": nms, "top_k": 25, "threshold": 0.02, "keep_top_k": 70, "clip": clip}
+    kwargs = {"code": "CENTER_SIZE", "nms": nms, "top_k": top_k, "threshold": 0.02, "keep_top_k": 70, "clip": clip}
     want = ssd_detection_output(feeds["loc"], feeds["conf"], feeds["prior"], 4, eta=eta, **kwargs)
     assert ours.shape == want.shape
     np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-6)

@@ -20,7 +20,9 @@ box with xmax < xmin or ymax < ymin as overlapping nothing; NonMaxSuppression
 would reorder its corners, so such a box is given to it collapsed to a point.
 Adaptive NMS (nms_param.eta < 1: after each kept box the threshold, while above
 0.5, is multiplied by eta) has no ONNX operator: a Loop over the candidates
-keeps box i when no kept box overlaps it by more than the current threshold.
+keeps box i when no kept box overlaps it by more than the current threshold
+(over the longest run of candidates above confidence_threshold; box i's overlaps
+are made inside the loop, so memory grows with the candidates, not their square).
 OpenCV's `clip` clips the decoded boxes to [0, 1] before NMS (its
 DecodeBBox with clip_bbox). Needs opset 11. There is no Backward (the fork's is
 NOT_IMPLEMENTED).
@@ -213,20 +215,10 @@ class DetectionOutput(Layer):
 
         Returns (pair, candidate) of the kept boxes in NonMaxSuppression's order.
         """
-        x, y, x2, y2 = _split4(g, boxes, 2)  # pairs x C x 1 each
-
-        def across(v: str) -> str:
-            return g.op1("Transpose", [v], perm=[0, 2, 1])
-
-        zero, one = g.scalar(0.0), g.scalar(1.0)
+        # Coordinates and areas as pairs x C; box i's overlaps with every box are made inside the loop
+        # (memory pairs x C, not pairs x C x C).
+        x, y, x2, y2 = (g.op1("Reshape", [c, g.ints([pairs, cands])]) for c in _split4(g, boxes, 2))
         area = g.op1("Mul", [g.op1("Sub", [x2, x]), g.op1("Sub", [y2, y])])
-        iw = g.op1("Max", [g.op1("Sub", [g.op1("Min", [x2, across(x2)]), g.op1("Max", [x, across(x)])]), zero])
-        ih = g.op1("Max", [g.op1("Sub", [g.op1("Min", [y2, across(y2)]), g.op1("Max", [y, across(y)])]), zero])
-        inter = g.op1("Mul", [iw, ih])  # pairs x C x C
-        union = g.op1("Sub", [g.op1("Add", [area, across(area)]), inter])
-        # JaccardOverlap: a box of size 0 overlaps nothing.
-        sized = g.op1("And", [g.op1("Greater", [area, zero]), g.op1("Greater", [across(area), zero])])
-        iou = g.op1("Where", [sized, g.op1("Div", [inter, g.op1("Where", [sized, union, one])]), zero])
         scores = g.op1("Reshape", [values, g.ints([pairs, cands])])
         if threshold is None:
             valid = g.op1("Greater", [scores, g.scalar(float(-np.finfo(np.float32).max))])
@@ -235,7 +227,19 @@ class DetectionOutput(Layer):
         body = g.subgraph()
         names = {n: body.tmp(n) for n in ("i", "cond", "kept", "thr")}
         i1 = body.op1("Reshape", [names["i"], body.ints([1])])
-        row = body.op1("Reshape", [body.op1("Gather", [iou, i1], axis=1), body.ints([pairs, cands])])
+
+        def at_i(v: str) -> str:  # pairs x 1: box i's value
+            return body.op1("Gather", [v, i1], axis=1)
+
+        zero = body.scalar(0.0)
+        iw = body.op1("Max", [body.op1("Sub", [body.op1("Min", [x2, at_i(x2)]), body.op1("Max", [x, at_i(x)])]), zero])
+        ih = body.op1("Max", [body.op1("Sub", [body.op1("Min", [y2, at_i(y2)]), body.op1("Max", [y, at_i(y)])]), zero])
+        inter = body.op1("Mul", [iw, ih])
+        union = body.op1("Sub", [body.op1("Add", [area, at_i(area)]), inter])
+        # JaccardOverlap: a box of size 0 overlaps nothing.
+        sized = body.op1("And", [body.op1("Greater", [area, zero]), body.op1("Greater", [at_i(area), zero])])
+        row = body.op1("Where", [sized, body.op1("Div", [inter, body.op1("Where", [sized, union, body.scalar(1.0)])]),
+                                 zero])
         over = body.op1("Cast", [body.op1("And", [names["kept"], body.op1("Greater", [row, names["thr"]])])], to=1)
         hit = reduce_sum(body, over, [1], keepdims=1)  # pairs x 1
         suppressed = body.op1("Greater", [hit, body.scalar(0.0)])
@@ -257,8 +261,9 @@ class DetectionOutput(Layer):
              helper.make_tensor_value_info(thr, TensorProto.FLOAT, [pairs, 1])])
         kept0 = g.const(np.zeros((pairs, cands), bool), np.bool_, "none_kept")
         thr0 = g.const(np.full((pairs, 1), nms, np.float32), np.float32, "nms_threshold")
-        final = g.op("Loop", [g.const(cands, np.int64, "candidates"), g.const(True, np.bool_, "true"), kept0, thr0],
-                     2, body=graph)[0]
+        # The candidates above the threshold are a prefix of each (sorted) list: loop over the longest prefix.
+        longest = g.op1("ReduceMax", [reduce_sum(g, g.op1("Cast", [valid], to=INT64), [1])], keepdims=0)
+        final = g.op("Loop", [longest, g.const(True, np.bool_, "true"), kept0, thr0], 2, body=graph)[0]
         where = g.op1("NonZero", [final])  # 2 x S, row-major: by pair, then candidate (best first)
         pair = g.op1("Gather", [where, g.const(0, np.int64)], axis=0)
         cand = g.op1("Gather", [where, g.const(1, np.int64)], axis=0)
