@@ -14,6 +14,8 @@ import io
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from google.protobuf import descriptor_pool, message_factory, text_format
 from google.protobuf.descriptor import FieldDescriptor as FD
@@ -23,6 +25,7 @@ from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.formats import forks, protofile
 from caffecompat.formats.net import read_net_prototxt
 from caffecompat.layers.registry import supported_types
+from caffecompat.net.export import export
 from caffecompat.proto import caffe_pb2
 from tests.layer_nets import forward, make_net, opencv_forward, random_params, relative_error
 from tests.test_layers_ssd import ssd_detection_output
@@ -271,6 +274,11 @@ def test_adaptive_nms_hand_computed():
     fixed = forward(make_net(layers.replace("ETA", ""), shapes), {}, feeds, ["det"])["det"][0, 0]
     np.testing.assert_allclose(adaptive, [[0, 1, 0.9, 0, 0, 1, 1], [0, 1, 0.7, 2, 2, 3, 3]], rtol=1e-6)
     np.testing.assert_allclose(fixed[:, 2], [0.9, 0.8, 0.7], rtol=1e-6)
+    for opset in (11, 13):  # the Loop is valid ONNX, and runs the same, at the layer's lowest opset too
+        model = export(make_net(layers.replace("ETA", "eta: 0.5"), shapes), params={}, opset=opset).model
+        onnx.checker.check_model(model, full_check=True)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(sess.run(None, feeds)[0][0, 0], adaptive)
 
 
 def _ssd_inputs(num: int, priors: int, classes: int, seed: int, spread: float = 1.0) -> dict[str, np.ndarray]:

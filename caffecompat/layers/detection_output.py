@@ -273,7 +273,8 @@ class DetectionOutput(Layer):
     def _collapse_invalid(g: GraphBuilder, boxes: str) -> str:
         """Boxes with xmax < xmin or ymax < ymin (SSD's BBoxSize 0, overlapping nothing) as a point at their min."""
         x, y, x2, y2 = _split4(g, boxes, 2)
-        valid = g.op1("And", [g.op1("GreaterOrEqual", [x2, x]), g.op1("GreaterOrEqual", [y2, y])])
+        # not (x2 < x): GreaterOrEqual is opset 12's, and this layer runs from opset 11 on.
+        valid = g.op1("Not", [g.op1("Or", [g.op1("Less", [x2, x]), g.op1("Less", [y2, y])])])
         return g.op1("Concat", [x, y, g.op1("Where", [valid, x2, x]), g.op1("Where", [valid, y2, y])], axis=2)
 
     @staticmethod
