@@ -72,7 +72,7 @@ class GraphBuilder:
         body._names = self._names
         body.constants = self.constants  # outer-scope initializers, which a body may read
         body._layer = self._layer
-        body._counter = self._counter + 100000
+        body._counter = self._counter + 100000  # its node names stay apart from the outer graph's
         return body
 
     # -- emitting -----------------------------------------------------------
