@@ -140,15 +140,16 @@ def test_mobilenet_ssd_parses_and_every_unimplemented_ssd_layer_is_named(zoo):
 
 def test_a_field_no_schema_of_ours_has_is_a_parse_error_naming_file_line_and_field(tmp_path, capsys):
     text = ('name: "x"\nlayer { name: "data" type: "Input" top: "data" }\n'
-            'layer { name: "r" type: "Reorg" bottom: "data" top: "r"\n  reorg_param { stride: 2 } }\n')
+            'layer { name: "r" type: "Yolov3DetectionOutput" bottom: "data" top: "r"\n'
+            '  yolov3_detection_output_param { num_classes: 20 } }\n')  # MobileNet-YOLO's, not in our schema
     path = _write(tmp_path, "yolo.prototxt", text)
     with pytest.raises(CaffeCompatError) as e:
         read_net_prototxt(path)
-    assert re.match(rf"{re.escape(str(path))}:4:\d+: malformed net prototxt: unknown field 'reorg_param' in "
-                    r"LayerParameter: .*-proto FILE$", str(e.value))
+    assert re.match(rf"{re.escape(str(path))}:4:\d+: malformed net prototxt: unknown field "
+                    r"'yolov3_detection_output_param' in LayerParameter: .*-proto FILE$", str(e.value))
     assert cli.main(["convert", str(path), "-", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "unknown field 'reorg_param'" in err
+    assert len(err.splitlines()) == 1 and "unknown field 'yolov3_detection_output_param'" in err
 
 
 # --- ceil_mode: the forks' spelling of round_mode ----------------------------------------------------

@@ -102,8 +102,8 @@ def _decode(prior: np.ndarray, var: np.ndarray, loc: np.ndarray, code: str, in_t
 def ssd_detection_output(loc: np.ndarray, conf: np.ndarray, prior: np.ndarray, num_classes: int, *,
                          share_location: bool = True, background: int = 0, code: str = "CORNER",
                          in_target: bool = False, keep_top_k: int = -1, threshold: float | None = None,
-                         nms: float = 0.3, top_k: int = -1) -> np.ndarray:
-    """DetectionOutputLayer::Forward_cpu, loop by loop: the 1 x 1 x D x 7 top."""
+                         nms: float = 0.3, top_k: int = -1, eta: float = 1.0, clip: bool = False) -> np.ndarray:
+    """DetectionOutputLayer::Forward_cpu, loop by loop: the 1 x 1 x D x 7 top (`clip`: OpenCV's, to [0, 1])."""
     num, priors = loc.shape[0], prior.shape[2] // 4
     loc_classes = 1 if share_location else num_classes
     loc = loc.reshape(num, priors, loc_classes, 4)
@@ -114,6 +114,8 @@ def ssd_detection_output(loc: np.ndarray, conf: np.ndarray, prior: np.ndarray, n
     for i in range(num):
         decoded = {c: np.array([_decode(boxes[p], variances[p], loc[i, p, c], code, in_target) for p in range(priors)])
                    for c in range(loc_classes)}
+        if clip:
+            decoded = {c: np.clip(d, f32(0), f32(1)) for c, d in decoded.items()}
         indices: dict[int, list[int]] = {}
         for c in range(num_classes):
             if c == background:
@@ -123,9 +125,12 @@ def ssd_detection_output(loc: np.ndarray, conf: np.ndarray, prior: np.ndarray, n
             if top_k > -1:
                 cands = cands[:top_k]
             kept: list[int] = []
+            adaptive = f32(nms)
             for _, p in cands:
-                if all(_jaccard(bb[p], bb[k]) <= f32(nms) for k in kept):
+                if all(_jaccard(bb[p], bb[k]) <= adaptive for k in kept):
                     kept.append(p)
+                    if eta < 1 and adaptive > 0.5:
+                        adaptive = f32(adaptive * f32(eta))
             indices[c] = kept
         if keep_top_k > -1 and sum(map(len, indices.values())) > keep_top_k:
             pairs = sorted(((conf[i, p, c], c, p) for c, ps in indices.items() for p in ps), key=lambda t: -t[0])
@@ -271,8 +276,8 @@ def test_detection_output_fixes_the_batch_size(tmp_path):
 def test_detection_output_errors():
     feeds = _detection_inputs(1, 10, 3, 1, seed=0)
     inputs = {k: v.shape for k, v in feeds.items()}
-    with pytest.raises(NotSupportedError, match="layer det of type DetectionOutput .*nms_param.eta < 1"):
-        make_net(_detection_net("num_classes: 3 nms_param { nms_threshold: 0.3 eta: 0.9 }"), inputs)
+    with pytest.raises(CaffeCompatError, match="'det' .*nms_param.eta must be in \\(0, 1\\]"):
+        make_net(_detection_net("num_classes: 3 nms_param { nms_threshold: 0.3 eta: 1.5 }"), inputs)
     with pytest.raises(NotSupportedError, match="layer det of type DetectionOutput .*visualize"):
         make_net(_detection_net("num_classes: 3 visualize: true"), inputs)
     with pytest.raises(CaffeCompatError, match="'det' .*num_classes must be given"):

@@ -26,7 +26,8 @@ M = TypeVar("M", bound=pb_message.Message)
 
 _UNKNOWN_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
 # The forks whose fields our schema has (proto/forks.proto), for the unknown-field error.
-FORKS_KNOWN = "SSD, DeepLab/PSPNet, SegNet, ShuffleNet, ReLU6, Fast R-CNN, R-FCN, pooling ceil_mode"
+FORKS_KNOWN = ("SSD, OpenCV, DeepLab/PSPNet, SegNet, ShuffleNet, ReLU6, Fast R-CNN, R-FCN, the YOLOv2/v3 ports, "
+               "pooling ceil_mode")
 
 
 def _kind(mode: int) -> str:

@@ -18,13 +18,20 @@ NonMaxSuppression (same order, ties to the lower index, strict IoU > threshold
 to suppress, strict score > threshold) runs per image and class. SSD counts a
 box with xmax < xmin or ymax < ymin as overlapping nothing; NonMaxSuppression
 would reorder its corners, so such a box is given to it collapsed to a point.
-Needs opset 11. There is no Backward (the fork's is NOT_IMPLEMENTED).
+Adaptive NMS (nms_param.eta < 1: after each kept box the threshold, while above
+0.5, is multiplied by eta) has no ONNX operator: a Loop over the candidates
+keeps box i when no kept box overlaps it by more than the current threshold
+(over the longest run of candidates above confidence_threshold; box i's overlaps
+are made inside the loop, so memory grows with the candidates, not their square).
+OpenCV's `clip` clips the decoded boxes to [0, 1] before NMS (its
+DecodeBBox with clip_bbox). Needs opset 11. There is no Backward (the fork's is
+NOT_IMPLEMENTED).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from caffecompat.errors import NotSupportedError
 from caffecompat.layers.graph import INT64, GraphBuilder
@@ -87,9 +94,6 @@ class DetectionOutput(Layer):
             raise node.error("nms_param.nms_threshold must be non-negative")
         if not 0 < p.nms_param.eta <= 1:
             raise node.error("nms_param.eta must be in (0, 1]")
-        if p.nms_param.eta < 1:
-            raise NotSupportedError(f"layer {node.label} of type DetectionOutput (field detection_output_param."
-                                    "nms_param.eta < 1 of SSD: an adaptive NMS threshold)")
         if p.code_type not in (CodeType.CORNER, CodeType.CENTER_SIZE, CodeType.CORNER_SIZE):
             raise node.error(f"unknown code_type {p.code_type}")
         loc_classes = 1 if p.share_location else p.num_classes
@@ -140,13 +144,18 @@ class DetectionOutput(Layer):
         cand_boxes = g.op1("Gather", [g.op1("Reshape", [boxes, g.ints([-1, 4])]), flat], axis=0)
         cand_boxes = g.op1("Reshape", [cand_boxes, g.ints([num * k, cands, 4])])
         cand_scores = g.op1("Reshape", [values, g.ints([num * k, 1, cands])])
-        nms_inputs = [self._collapse_invalid(g, cand_boxes), cand_scores, g.ints([cands]),
-                      g.const([p.nms_param.nms_threshold], np.float32, "nms_threshold")]
-        if p.HasField("confidence_threshold"):
-            nms_inputs.append(g.const([p.confidence_threshold], np.float32, "confidence_threshold"))
-        selected = g.op1("NonMaxSuppression", nms_inputs)  # S x (image * K + class, 0, candidate)
-        pair = _squeeze(g, g.op1("Gather", [selected, g.ints([0])], axis=1), 1)
-        cand = _squeeze(g, g.op1("Gather", [selected, g.ints([2])], axis=1), 1)
+        threshold = p.confidence_threshold if p.HasField("confidence_threshold") else None
+        if p.nms_param.eta < 1:
+            pair, cand = self._adaptive_nms(g, self._collapse_invalid(g, cand_boxes), values, num * k, cands,
+                                            p.nms_param.nms_threshold, p.nms_param.eta, threshold)
+        else:
+            nms_inputs = [self._collapse_invalid(g, cand_boxes), cand_scores, g.ints([cands]),
+                          g.const([p.nms_param.nms_threshold], np.float32, "nms_threshold")]
+            if threshold is not None:
+                nms_inputs.append(g.const([threshold], np.float32, "confidence_threshold"))
+            selected = g.op1("NonMaxSuppression", nms_inputs)  # S x (image * K + class, 0, candidate)
+            pair = _squeeze(g, g.op1("Gather", [selected, g.ints([0])], axis=1), 1)
+            cand = _squeeze(g, g.op1("Gather", [selected, g.ints([2])], axis=1), 1)
         row = g.op1("Add", [g.op1("Mul", [pair, g.const(cands, np.int64)]), cand])
         score = g.op1("Gather", [g.op1("Reshape", [values, g.ints([-1])]), row])
         box = g.op1("Gather", [g.op1("Reshape", [cand_boxes, g.ints([-1, 4])]), row], axis=0)
@@ -194,13 +203,78 @@ class DetectionOutput(Layer):
                 hh = g.op1("Mul", [g.op1("Mul", [g.op1("Exp", [ly2]), height]), half])
                 corners = [g.op1("Sub", [cx, hw]), g.op1("Sub", [cy, hh]), g.op1("Add", [cx, hw]),
                            g.op1("Add", [cy, hh])]
+        if p.clip:
+            # OpenCV's DecodeBBox with clip_bbox (normalized boxes): each coordinate clipped to [0, 1].
+            corners = [g.op1("Max", [g.op1("Min", [c, g.scalar(1.0)]), g.scalar(0.0)]) for c in corners]
         return g.op1("Concat", corners, axis=3)
+
+    @staticmethod
+    def _adaptive_nms(g: GraphBuilder, boxes: str, values: str, pairs: int, cands: int, nms: float, eta: float,
+                      threshold: float | None) -> tuple[str, str]:
+        """ApplyNMSFast with eta < 1 over `pairs` (image, class) lists of `cands` boxes each, best first.
+
+        Returns (pair, candidate) of the kept boxes in NonMaxSuppression's order.
+        """
+        # Coordinates and areas as pairs x C; box i's overlaps with every box are made inside the loop
+        # (memory pairs x C, not pairs x C x C).
+        x, y, x2, y2 = (g.op1("Reshape", [c, g.ints([pairs, cands])]) for c in _split4(g, boxes, 2))
+        area = g.op1("Mul", [g.op1("Sub", [x2, x]), g.op1("Sub", [y2, y])])
+        scores = g.op1("Reshape", [values, g.ints([pairs, cands])])
+        if threshold is None:
+            valid = g.op1("Greater", [scores, g.scalar(float(-np.finfo(np.float32).max))])
+        else:
+            valid = g.op1("Greater", [scores, g.scalar(threshold)])
+        body = g.subgraph()
+        names = {n: body.tmp(n) for n in ("i", "cond", "kept", "thr")}
+        i1 = body.op1("Reshape", [names["i"], body.ints([1])])
+
+        def at_i(v: str) -> str:  # pairs x 1: box i's value
+            return body.op1("Gather", [v, i1], axis=1)
+
+        zero = body.scalar(0.0)
+        iw = body.op1("Max", [body.op1("Sub", [body.op1("Min", [x2, at_i(x2)]), body.op1("Max", [x, at_i(x)])]), zero])
+        ih = body.op1("Max", [body.op1("Sub", [body.op1("Min", [y2, at_i(y2)]), body.op1("Max", [y, at_i(y)])]), zero])
+        inter = body.op1("Mul", [iw, ih])
+        union = body.op1("Sub", [body.op1("Add", [area, at_i(area)]), inter])
+        # JaccardOverlap: a box of size 0 overlaps nothing.
+        sized = body.op1("And", [body.op1("Greater", [area, zero]), body.op1("Greater", [at_i(area), zero])])
+        row = body.op1("Where", [sized, body.op1("Div", [inter, body.op1("Where", [sized, union, body.scalar(1.0)])]),
+                                 zero])
+        over = body.op1("Cast", [body.op1("And", [names["kept"], body.op1("Greater", [row, names["thr"]])])], to=1)
+        hit = reduce_sum(body, over, [1], keepdims=1)  # pairs x 1
+        suppressed = body.op1("Greater", [hit, body.scalar(0.0)])
+        keep = body.op1("And", [body.op1("Gather", [valid, i1], axis=1), body.op1("Not", [suppressed])])
+        onehot = body.op1("Equal", [body.const(np.arange(cands).reshape(1, cands), np.int64, "candidates"), i1])
+        kept = body.op1("Or", [names["kept"], body.op1("And", [keep, onehot])])
+        # ApplyNMSFast: after a kept box, adaptive_threshold *= eta while it is above 0.5.
+        shrink = body.op1("And", [keep, body.op1("Greater", [names["thr"], body.scalar(0.5)])])
+        thr = body.op1("Where", [shrink, body.op1("Mul", [names["thr"], body.scalar(eta)]), names["thr"]])
+        cond = body.op1("Identity", [names["cond"]])
+        graph = helper.make_graph(
+            body.nodes, f"{g.tmp('nms_body')}",
+            [helper.make_tensor_value_info(names["i"], TensorProto.INT64, []),
+             helper.make_tensor_value_info(names["cond"], TensorProto.BOOL, []),
+             helper.make_tensor_value_info(names["kept"], TensorProto.BOOL, [pairs, cands]),
+             helper.make_tensor_value_info(names["thr"], TensorProto.FLOAT, [pairs, 1])],
+            [helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
+             helper.make_tensor_value_info(kept, TensorProto.BOOL, [pairs, cands]),
+             helper.make_tensor_value_info(thr, TensorProto.FLOAT, [pairs, 1])])
+        kept0 = g.const(np.zeros((pairs, cands), bool), np.bool_, "none_kept")
+        thr0 = g.const(np.full((pairs, 1), nms, np.float32), np.float32, "nms_threshold")
+        # The candidates above the threshold are a prefix of each (sorted) list: loop over the longest prefix.
+        longest = g.op1("ReduceMax", [reduce_sum(g, g.op1("Cast", [valid], to=INT64), [1])], keepdims=0)
+        final = g.op("Loop", [longest, g.const(True, np.bool_, "true"), kept0, thr0], 2, body=graph)[0]
+        where = g.op1("NonZero", [final])  # 2 x S, row-major: by pair, then candidate (best first)
+        pair = g.op1("Gather", [where, g.const(0, np.int64)], axis=0)
+        cand = g.op1("Gather", [where, g.const(1, np.int64)], axis=0)
+        return pair, cand
 
     @staticmethod
     def _collapse_invalid(g: GraphBuilder, boxes: str) -> str:
         """Boxes with xmax < xmin or ymax < ymin (SSD's BBoxSize 0, overlapping nothing) as a point at their min."""
         x, y, x2, y2 = _split4(g, boxes, 2)
-        valid = g.op1("And", [g.op1("GreaterOrEqual", [x2, x]), g.op1("GreaterOrEqual", [y2, y])])
+        # not (x2 < x): GreaterOrEqual is opset 12's, and this layer runs from opset 11 on.
+        valid = g.op1("Not", [g.op1("Or", [g.op1("Less", [x2, x]), g.op1("Less", [y2, y])])])
         return g.op1("Concat", [x, y, g.op1("Where", [valid, x2, x]), g.op1("Where", [valid, y2, y])], axis=2)
 
     @staticmethod

@@ -66,6 +66,15 @@ class GraphBuilder:
                 self._names.add(name)
                 return name
 
+    def subgraph(self) -> GraphBuilder:
+        """A builder for a control-flow body (Loop, If): fresh nodes, this graph's names and constants."""
+        body = GraphBuilder(self.opset, self.training)
+        body._names = self._names
+        body.constants = self.constants  # outer-scope initializers, which a body may read
+        body._layer = self._layer
+        body._counter = self._counter + 100000  # its node names stay apart from the outer graph's
+        return body
+
     # -- emitting -----------------------------------------------------------
     def op(self, op_type: str, inputs: list[str], outputs: list[str] | int = 1, **attrs: Any) -> list[str]:
         """Add one ONNX node; `outputs` is a list of names or a count of fresh names. Returns the outputs."""
