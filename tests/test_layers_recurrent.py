@@ -1,0 +1,183 @@
+"""LSTM, RNN and LSTMUnit (Caffe's recurrent_layer.cpp, lstm_layer.cpp, rnn_layer.cpp, lstm_unit_layer.cpp).
+
+Forward against step-by-step numpy recurrences written here (float64) with two
+sequences of unequal length per batch (cont markers), a static input and exposed
+hidden states, and against OpenCV's Caffe importer; Backward by central differences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caffecompat.net.weights import init_params
+from tests.gradients import check_layer_gradients, net_backward
+from tests.layer_nets import make_net, run
+
+T, N, H = 5, 3, 4
+# Stream 0: sequences of 3 then 2 steps; stream 1: one sequence of 5; stream 2: 1 then 4 steps.
+CONT = np.array([[0, 0, 0], [1, 1, 0], [1, 1, 1], [0, 1, 1], [1, 1, 1]], np.float32)
+FILLERS = ('weight_filler { type: "uniform" min: -0.5 max: 0.5 } '
+           'bias_filler { type: "uniform" min: -0.5 max: 0.5 }')
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def np_lstm(x, cont, w_xc, b_c, w_hc, xs=None, w_s=None, h0=None, c0=None):
+    """Caffe's LSTM, one step at a time: returns (h for every step, h_T, c_T)."""
+    t_, n = cont.shape
+    hid = w_hc.shape[1]
+    h = np.zeros((n, hid)) if h0 is None else h0[0].astype(np.float64)
+    c = np.zeros((n, hid)) if c0 is None else c0[0].astype(np.float64)
+    out = []
+    for t in range(t_):
+        m = cont[t][:, None]
+        z = x[t].reshape(n, -1) @ w_xc.T + b_c + (h * m) @ w_hc.T
+        if xs is not None:
+            z = z + xs.reshape(n, -1) @ w_s.T
+        i, f, o, g = (z[:, k * hid:(k + 1) * hid] for k in range(4))
+        c = sigmoid(f) * m * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        out.append(h)
+    return np.stack(out), h[None], c[None]
+
+
+def np_rnn(x, cont, w_xh, b_h, w_hh, w_ho, b_o, xs=None, w_s=None, h0=None):
+    """Caffe's RNN, one step at a time: returns (o for every step, h_T)."""
+    t_, n = cont.shape
+    hid = w_hh.shape[0]
+    h = np.zeros((n, hid)) if h0 is None else h0[0].astype(np.float64)
+    out = []
+    for t in range(t_):
+        z = x[t].reshape(n, -1) @ w_xh.T + b_h + (h * cont[t][:, None]) @ w_hh.T
+        if xs is not None:
+            z = z + xs.reshape(n, -1) @ w_s.T
+        h = np.tanh(z)
+        out.append(np.tanh(h @ w_ho.T + b_o))
+    return np.stack(out), h[None]
+
+
+def recurrent_net(kind: str, static: bool, expose: bool, x_shape=(T, N, 2, 3), num_output: int = H):
+    """A one-layer net of `kind` (LSTM/RNN) with its inputs, and random parameters and feeds."""
+    states = ["h", "c"] if kind == "LSTM" else ["h"]
+    bottoms = ["x", "cont"] + (["xs"] if static else []) + ([f"{s}0" for s in states] if expose else [])
+    tops = ["y"] + ([f"{s}T" for s in states] if expose else [])
+    text = (f'layer {{ name: "rec" type: "{kind}" '
+            + " ".join(f'bottom: "{b}"' for b in bottoms) + " " + " ".join(f'top: "{t}"' for t in tops)
+            + f' recurrent_param {{ num_output: {num_output} expose_hidden: {str(expose).lower()} {FILLERS} }} }}')
+    shapes = {"x": x_shape, "cont": x_shape[:2], "xs": (x_shape[1], 2, 2),
+              **{f"{s}0": (1, x_shape[1], num_output) for s in states}}
+    inputs = {b: shapes[b] for b in bottoms}
+    spec = make_net(text, inputs)
+    params = init_params(spec, np.random.default_rng(0))
+    rng = np.random.default_rng(7)
+    feeds = {b: rng.normal(size=s).astype(np.float32) for b, s in inputs.items()}
+    feeds["cont"] = CONT if x_shape[:2] == (T, N) else np.ones(x_shape[:2], np.float32)
+    return spec, params, feeds, tops
+
+
+def blobs_of(spec, params):
+    (node,) = [n for n in spec.layers if n.name == "rec"]
+    return [params[p].astype(np.float64) for p in node.param_names]
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("expose", [False, True])
+def test_lstm_forward_matches_stepwise_numpy(static: bool, expose: bool) -> None:
+    spec, params, feeds, tops = recurrent_net("LSTM", static, expose)
+    blobs = blobs_of(spec, params)
+    # Caffe's blob order: W_xc (4H x D), b_c (4H), [W_xc_static (4H x S)], W_hc (4H x H).
+    assert [b.shape for b in blobs] == [(4 * H, 6), (4 * H,)] + ([(4 * H, 4)] if static else []) + [(4 * H, H)]
+    w_s = blobs[2] if static else None
+    h, h_t, c_t = np_lstm(feeds["x"], CONT, blobs[0], blobs[1], blobs[-1], feeds.get("xs"), w_s,
+                          feeds.get("h0"), feeds.get("c0"))
+    out = run(spec, params, feeds, None)
+    np.testing.assert_allclose(out["y"], h, atol=1e-5)
+    if expose:
+        np.testing.assert_allclose(out["hT"], h_t, atol=1e-5)
+        np.testing.assert_allclose(out["cT"], c_t, atol=1e-5)
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("expose", [False, True])
+def test_rnn_forward_matches_stepwise_numpy(static: bool, expose: bool) -> None:
+    spec, params, feeds, tops = recurrent_net("RNN", static, expose)
+    blobs = blobs_of(spec, params)
+    # Caffe's blob order: W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o.
+    assert [b.shape for b in blobs] == ([(H, 6), (H,)] + ([(H, 4)] if static else [])
+                                        + [(H, H), (H, H), (H,)])
+    w_s = blobs[2] if static else None
+    o, h_t = np_rnn(feeds["x"], CONT, blobs[0], blobs[1], *blobs[-3:], feeds.get("xs"), w_s, feeds.get("h0"))
+    out = run(spec, params, feeds, None)
+    np.testing.assert_allclose(out["y"], o, atol=1e-5)
+    if expose:
+        np.testing.assert_allclose(out["hT"], h_t, atol=1e-5)
+
+
+def test_cont_zero_restarts_the_sequence() -> None:
+    # A hand check of cont: stream 0's step 3 starts a new sequence, so its output equals a fresh
+    # LSTM run over steps 3..4 alone.
+    spec, params, feeds, _ = recurrent_net("LSTM", False, False)
+    full = run(spec, params, feeds, None)["y"]
+    blobs = blobs_of(spec, params)
+    tail, _, _ = np_lstm(feeds["x"][3:, :1], np.array([[0], [1]], np.float32), blobs[0], blobs[1], blobs[2])
+    np.testing.assert_allclose(full[3:, :1], tail, atol=1e-5)
+
+
+def np_lstm_unit(c_prev, x, cont):
+    hid = c_prev.shape[2]
+    i, f, o, g = (x[..., k * hid:(k + 1) * hid].astype(np.float64) for k in range(4))
+    c = sigmoid(f) * cont[..., None] * c_prev + sigmoid(i) * np.tanh(g)
+    return c, sigmoid(o) * np.tanh(c)
+
+
+UNIT = 'layer { name: "unit" type: "LSTMUnit" bottom: "c_prev" bottom: "gates" bottom: "cont" top: "c" top: "h" }'
+
+
+def unit_feeds():
+    rng = np.random.default_rng(3)
+    return {"c_prev": rng.normal(size=(1, N, H)).astype(np.float32),
+            "gates": rng.normal(size=(1, N, 4 * H)).astype(np.float32),
+            "cont": np.array([[1, 0, 1]], np.float32)}
+
+
+def test_lstm_unit_forward_matches_numpy() -> None:
+    feeds = unit_feeds()
+    spec = make_net(UNIT, {k: v.shape for k, v in feeds.items()})
+    out = run(spec, {}, feeds, None)
+    c, h = np_lstm_unit(feeds["c_prev"], feeds["gates"], feeds["cont"])
+    np.testing.assert_allclose(out["c"], c, atol=1e-6)
+    np.testing.assert_allclose(out["h"], h, atol=1e-6)
+
+
+def test_lstm_unit_backward_by_finite_differences() -> None:
+    feeds = unit_feeds()
+    spec = make_net(UNIT, {k: v.shape for k, v in feeds.items()})
+    check_layer_gradients(spec, {}, feeds, ["c", "h"], wrt=["c_prev", "gates"], samples=24)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("static,expose", [(False, False), (True, True)])
+def test_recurrent_backward_by_finite_differences(kind: str, static: bool, expose: bool) -> None:
+    spec, params, feeds, _ = recurrent_net(kind, static, expose)
+    wrt = ["x"] + (["xs"] if static else []) + list(spec.params)
+    # Only top 0's diff reaches the unrolled net in Caffe (the exposed final states' diffs are dropped).
+    check_layer_gradients(spec, params, feeds, ["y"], wrt=wrt, samples=16)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_exposed_states_pass_no_diff_as_in_caffe(kind: str) -> None:
+    # RecurrentLayer shares only the data of h_0/c_0 and h_T/c_T with its unrolled net: no diff crosses.
+    spec, params, feeds, tops = recurrent_net(kind, False, True)
+    rng = np.random.default_rng(5)
+    diffs = {spec.blob_values[t]: rng.normal(size=spec.shapes[spec.blob_values[t]]).astype(np.float32)
+             for t in tops}
+    _, pdiffs, bdiffs = net_backward(spec, params, feeds, diffs)
+    for s in (["h0", "c0"] if kind == "LSTM" else ["h0"]):
+        assert not np.any(bdiffs.get(s, 0.0))
+    only_y = {k: v for k, v in diffs.items() if k == spec.blob_values["y"]}
+    _, pdiffs_y, _ = net_backward(spec, params, feeds, only_y)
+    for p in pdiffs:
+        np.testing.assert_allclose(pdiffs[p], pdiffs_y[p], atol=1e-6)
