@@ -181,3 +181,72 @@ def test_exposed_states_pass_no_diff_as_in_caffe(kind: str) -> None:
     _, pdiffs_y, _ = net_backward(spec, params, feeds, only_y)
     for p in pdiffs:
         np.testing.assert_allclose(pdiffs[p], pdiffs_y[p], atol=1e-6)
+
+
+LRCN_NET = """
+name: "tiny_lrcn"
+layer { name: "seq" type: "HDF5Data" top: "cont" top: "input" top: "target"
+        hdf5_data_param { source: "SOURCE" batch_size: %(t)d } }
+layer { name: "image" type: "DummyData" top: "image"
+        dummy_data_param { shape { dim: %(n)d dim: 1 dim: 6 dim: 6 } data_filler { type: "gaussian" std: 1 } } }
+layer { name: "conv" type: "Convolution" bottom: "image" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+        inner_product_param { num_output: 8 weight_filler { type: "xavier" } } }
+layer { name: "embed" type: "Embed" bottom: "input" top: "embedded"
+        embed_param { input_dim: %(v)d num_output: 8 weight_filler { type: "uniform" min: -0.1 max: 0.1 } } }
+layer { name: "lstm" type: "LSTM" bottom: "embedded" bottom: "cont" bottom: "fc" top: "lstm"
+        recurrent_param { num_output: 16 weight_filler { type: "uniform" min: -0.1 max: 0.1 }
+                          bias_filler { type: "constant" value: 0 } } }
+layer { name: "predict" type: "InnerProduct" bottom: "lstm" top: "predict"
+        inner_product_param { axis: 2 num_output: %(v)d weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "predict" bottom: "target" top: "loss"
+        loss_param { ignore_label: -1 } softmax_param { axis: 2 } }
+"""
+
+
+def test_tiny_lrcn_trains_with_caffecompat_train(tmp_path) -> None:
+    # The task needs the recurrence: each target is the previous input of the same sequence
+    # (ignore_label -1 at a sequence's first step, where cont is 0).
+    import h5py
+
+    from tests.cli_run import run_cli
+
+    t, n, v, batches = 6, 4, 5, 8
+    rng = np.random.default_rng(0)
+    cont = np.ones((batches * t, n), np.float32)
+    for b in range(batches):
+        cont[b * t] = 0
+        cont[b * t + rng.integers(2, t - 1), rng.integers(0, n)] = 0  # a second, shorter sequence
+    words = rng.integers(0, v, size=cont.shape).astype(np.float32)
+    target = np.full(cont.shape, -1, np.float32)
+    for r in range(1, cont.shape[0]):
+        target[r] = np.where(cont[r] == 1, words[r - 1], -1)
+    with h5py.File(tmp_path / "seq.h5", "w") as f:
+        f["cont"], f["input"], f["target"] = cont, words, target
+    (tmp_path / "list.txt").write_text(str(tmp_path / "seq.h5") + "\n")
+    net = (LRCN_NET % {"t": t, "n": n, "v": v}).replace("SOURCE", str(tmp_path / "list.txt"))
+    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.05\nlr_policy: "fixed"\nmomentum: 0.9\n'
+        f'display: 10\nmax_iter: 150\nsnapshot: 150\nsnapshot_prefix: "{tmp_path / "lrcn"}"\n'
+        'solver_mode: CPU\nrandom_seed: 1\ntype: "Adam"\n')
+    status, log = run_cli(["train", "-solver", str(tmp_path / "solver.prototxt")])
+    assert status == 0, log[-2000:]
+    losses = [float(line.rsplit("= ", 1)[1]) for line in log.splitlines() if "] Iteration" in line
+              and ", loss = " in line]
+    assert losses[0] > 1.2  # about ln 5 at the start
+    assert min(losses[-3:]) < 0.5 * losses[0], losses
+    # The snapshot keeps the LSTM's blobs in Caffe's order (W_xc, b_c, W_xc_static, W_hc) and loads back.
+    import caffecompat as caffe
+    from caffecompat.formats.blob import blob_to_array
+    from caffecompat.formats.caffemodel import read_caffemodel
+
+    model = tmp_path / "lrcn_iter_150.caffemodel"
+    (lstm,) = [lp for lp in read_caffemodel(model).layer if lp.name == "lstm"]
+    saved = [blob_to_array(b) for b in lstm.blobs]
+    assert [a.shape for a in saved] == [(64, 8), (64,), (64, 8), (64, 16)]
+    loaded = caffe.Net(str(tmp_path / "net.prototxt"), str(model), caffe.TEST)
+    for ours, blob in zip(loaded.params["lstm"], saved):
+        np.testing.assert_array_equal(ours.data, blob)
