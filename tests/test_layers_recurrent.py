@@ -250,3 +250,55 @@ def test_tiny_lrcn_trains_with_caffecompat_train(tmp_path) -> None:
     loaded = caffe.Net(str(tmp_path / "net.prototxt"), str(model), caffe.TEST)
     for ours, blob in zip(loaded.params["lstm"], saved):
         np.testing.assert_array_equal(ours.data, blob)
+
+
+def test_zoo_lrcn_deploy_converts_and_matches_numpy(zoo, tmp_path, capsys) -> None:
+    # lrcn_word_to_preds.deploy: Embed -> LSTM -> LSTM with the image features as static input ->
+    # InnerProduct and Softmax on axis 2. Converted with `caffecompat convert` at 2 streams, random weights.
+    import onnxruntime as ort
+
+    from caffecompat import cli
+    from caffecompat.formats.blob import array_to_blob
+    from caffecompat.formats.caffemodel import write_caffemodel
+    from caffecompat.formats.net import read_net_prototxt
+    from caffecompat.net.spec import build
+    from caffecompat.proto import caffe_pb2
+
+    n = 2
+    prototxt = zoo / "lrcn_coco" / "lrcn_word_to_preds.deploy.prototxt"
+    net = read_net_prototxt(prototxt)
+    shapes = {"cont_sentence": (1, n), "input_sentence": (1, n), "image_features": (n, 1000)}
+    for name, shape in zip(net.input, net.input_shape):
+        del shape.dim[:]
+        shape.dim.extend(shapes[name])
+    spec = build(net, caffe_pb2.TEST)
+    rng = np.random.default_rng(0)
+    weights, blobs = caffe_pb2.NetParameter(), {}
+    for node in spec.layers:
+        if node.param_shapes:
+            lp = weights.layer.add(name=node.name, type=node.type)
+            blobs[node.name] = [rng.uniform(-0.08, 0.08, s).astype(np.float32) for s in node.param_shapes]
+            for a in blobs[node.name]:
+                array_to_blob(a, lp.blobs.add())
+    write_caffemodel(tmp_path / "w.caffemodel", weights)
+    argv = ["convert", str(prototxt), str(tmp_path / "w.caffemodel"), str(tmp_path / "lrcn.onnx")]
+    argv += [a for k, s in shapes.items() for a in ("-input_shape", f"{k}:{','.join(map(str, s))}")]
+    argv += ["-outputs", "lstm1,lstm2,probs"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+
+    feeds = {"cont_sentence": np.array([[0, 1]], np.float32), "input_sentence": np.array([[0, 8800]], np.float32),
+             "image_features": rng.normal(size=(n, 1000)).astype(np.float32)}
+    sess = ort.InferenceSession(str(tmp_path / "lrcn.onnx"), providers=["CPUExecutionProvider"])
+    out_lstm1, out_lstm2, probs = sess.run(["lstm1", "lstm2", "probs"], feeds)
+    emb = blobs["embedding"][0].astype(np.float64)[feeds["input_sentence"].astype(int)]  # 1 x N x 1000
+    lstm1, _, _ = np_lstm(emb, feeds["cont_sentence"], *[b.astype(np.float64) for b in blobs["lstm1"]])
+    w_xc, b_c, w_s, w_hc = (b.astype(np.float64) for b in blobs["lstm2"])
+    lstm2, _, _ = np_lstm(lstm1, feeds["cont_sentence"], w_xc, b_c, w_hc, feeds["image_features"], w_s)
+    np.testing.assert_allclose(out_lstm1, lstm1, atol=1e-5)
+    np.testing.assert_allclose(out_lstm2, lstm2, atol=1e-5)
+    w, b = (a.astype(np.float64) for a in blobs["predict"])
+    z = lstm2 @ w.T + b
+    ref = np.exp(z - z.max(axis=2, keepdims=True))
+    ref /= ref.sum(axis=2, keepdims=True)
+    assert probs.shape == (1, n, 8801)
+    np.testing.assert_allclose(probs, ref, rtol=1e-4, atol=1e-7)
