@@ -302,3 +302,62 @@ def test_zoo_lrcn_deploy_converts_and_matches_numpy(zoo, tmp_path, capsys) -> No
     ref /= ref.sum(axis=2, keepdims=True)
     assert probs.shape == (1, n, 8801)
     np.testing.assert_allclose(probs, ref, rtol=1e-4, atol=1e-7)
+
+
+def test_zoo_lrcn_train_net_trains(zoo, tmp_path) -> None:
+    # lrcn.prototxt at stages factored + 2-layer (the LRCN solver's): CaffeNet features as the static input of
+    # lstm2, loss_weight 20, ignore_label -1. Its ImageData is swapped for DummyData (2 images, 67x67) and its
+    # HDF5Data reads sentences written here: 2 streams of 20 steps, sequences starting at steps 0 and 9.
+    import io
+
+    import h5py
+
+    from caffecompat import glog
+    from caffecompat.formats.net import read_net_prototxt
+    from caffecompat.proto import caffe_pb2
+    from caffecompat.solver.loop import Solver
+
+    t, n = 20, 2
+    cont = np.ones((t, n), np.float32)
+    cont[0] = cont[9] = 0
+    words = np.random.default_rng(0).integers(0, 8801, size=(t, n)).astype(np.float32)
+    target = np.where(cont == 1, np.roll(words, 1, axis=0), -1).astype(np.float32)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["cont_sentence"], f["input_sentence"], f["target_sentence"] = cont, words, target
+    (tmp_path / "list.txt").write_text(str(tmp_path / "s.h5") + "\n")
+    net = read_net_prototxt(zoo / "lrcn_coco" / "lrcn.prototxt")
+    layers = [lp for lp in net.layer if lp.type != "ImageData"]
+    for lp in layers:
+        if lp.type == "HDF5Data":
+            lp.hdf5_data_param.source = str(tmp_path / "list.txt")
+    # Named "images": caffecompat's data feeder keys sources by layer name, and the net's ImageData and
+    # HDF5Data are both named "data" (Caffe allows it); see the report of this branch.
+    dummy = caffe_pb2.LayerParameter(name="images", type="DummyData", top=["data", "label"])
+    for dims, filler in (([n, 3, 67, 67], dict(type="gaussian", std=50.0)), ([n], dict(type="constant"))):
+        dummy.dummy_data_param.shape.add(dim=dims)
+        dummy.dummy_data_param.data_filler.add(**filler)
+    del net.layer[:]
+    net.layer.extend([dummy, *layers])
+    param = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed", display=1, max_iter=2,
+                                      snapshot_after_train=False, random_seed=1, clip_gradients=10)
+    param.net_param.CopyFrom(net)
+    param.train_state.stage.extend(["factored", "2-layer"])
+    log = io.StringIO()
+    glog.set_stream(log)
+    try:
+        solver = Solver(param, "lrcn solver")
+        names = [p for p in solver.param_names if p.startswith(("lstm1#", "lstm2#"))]
+        before = {p: np.array(solver.value(p)) for p in names}
+        solver.solve()
+        shapes = [tuple(solver.value(p).shape) for p in names]
+        moved = [p for p in names if not np.array_equal(before[p], solver.value(p))]
+    finally:
+        glog.set_stream(None)
+    solver.close()
+    losses = [float(line.rsplit("= ", 1)[1]) for line in log.getvalue().splitlines()
+              if "solver.cpp:239] Iteration" in line]
+    # lstm1: W_xc, b_c, W_hc; lstm2 adds W_xc_static (for fc8) before W_hc. Every one of them learns.
+    h4 = 4000
+    assert shapes == [(h4, 1000), (h4,), (h4, 1000)] + [(h4, 1000), (h4,), (h4, 1000), (h4, 1000)], shapes
+    assert moved == names
+    assert len(losses) == 2 and all(np.isfinite(losses)), losses
