@@ -361,3 +361,47 @@ def test_zoo_lrcn_train_net_trains(zoo, tmp_path) -> None:
     assert shapes == [(h4, 1000), (h4,), (h4, 1000)] + [(h4, 1000), (h4,), (h4, 1000), (h4, 1000)], shapes
     assert moved == names
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("x_shape", [(1, 3), (4, 1, 5)])
+def test_recurrent_edge_shapes_match_numpy(kind: str, x_shape: tuple[int, ...]) -> None:
+    # One timestep (LRCN's deploy), one stream, and an x of only (T, N): D = 1.
+    spec, params, feeds, _ = recurrent_net(kind, False, False, x_shape=x_shape, num_output=3)
+    b = blobs_of(spec, params)
+    cont = feeds["cont"]
+    ref = (np_lstm(feeds["x"], cont, b[0], b[1], b[2])[0] if kind == "LSTM"
+           else np_rnn(feeds["x"], cont, *b)[0])
+    np.testing.assert_allclose(run(spec, params, feeds, None)["y"], ref, atol=1e-5)
+
+
+BAD_NETS = {
+    "num_output": ('type: "LSTM" bottom: "x" bottom: "cont" top: "y"', {"x": (3, 2, 4), "cont": (3, 2)},
+                   "recurrent_param.num_output must be given"),
+    "bottoms": ('type: "RNN" bottom: "x" top: "y" recurrent_param { num_output: 3 }', {"x": (3, 2, 4)},
+                "takes 2 or 3 bottom blobs (x, cont, [x_static]), got 1"),
+    "cont": ('type: "LSTM" bottom: "x" bottom: "cont" top: "y" recurrent_param { num_output: 3 }',
+             {"x": (3, 2, 4), "cont": (2, 3)}, "bottom 1 (cont) has shape [2, 3]: needs exactly [3, 2]"),
+    "static": ('type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" top: "y" recurrent_param { num_output: 3 }',
+               {"x": (3, 2, 4), "cont": (3, 2), "s": (5, 2)}, "its first axis must be the 2 streams"),
+    "tops": ('type: "LSTM" bottom: "x" bottom: "cont" bottom: "h0" bottom: "c0" top: "y" '
+             'recurrent_param { num_output: 3 expose_hidden: true }',
+             {"x": (3, 2, 4), "cont": (3, 2), "h0": (1, 2, 3), "c0": (1, 2, 3)}, "takes exactly 3 top blob(s)"),
+    "h0": ('type: "LSTM" bottom: "x" bottom: "cont" bottom: "h0" bottom: "c0" top: "y" top: "a" top: "b" '
+           'recurrent_param { num_output: 3 expose_hidden: true }',
+           {"x": (3, 2, 4), "cont": (3, 2), "h0": (1, 2, 4), "c0": (1, 2, 3)}, "bottom 2 (h_0) has shape [1, 2, 4]"),
+    "unit": ('type: "LSTMUnit" bottom: "c" bottom: "x" bottom: "cont" top: "c1" top: "h1"',
+             {"c": (1, 2, 3), "x": (1, 2, 11), "cont": (1, 2)}, "has 11 channels, needs 4 x 3"),
+    "unit_t": ('type: "LSTMUnit" bottom: "c" bottom: "x" bottom: "cont" top: "c1" top: "h1"',
+               {"c": (2, 2, 3), "x": (2, 2, 12), "cont": (2, 2)}, "c_prev (bottom 0) has shape [2, 2, 3]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NETS))
+def test_malformed_recurrent_layers_name_layer_and_fix(case: str) -> None:
+    from caffecompat.errors import CaffeCompatError
+
+    body, inputs, message = BAD_NETS[case]
+    with pytest.raises(CaffeCompatError, match="layer 'bad'") as err:
+        make_net(f'layer {{ name: "bad" {body} }}', inputs)
+    assert message in str(err.value) and "\n" not in str(err.value)
