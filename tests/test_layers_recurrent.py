@@ -405,3 +405,19 @@ def test_malformed_recurrent_layers_name_layer_and_fix(case: str) -> None:
     with pytest.raises(CaffeCompatError, match="layer 'bad'") as err:
         make_net(f'layer {{ name: "bad" {body} }}', inputs)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_step_by_step_with_exposed_states_equals_one_unrolled_pass(kind: str) -> None:
+    # The README's recipe for decoding one step per Forward: feed h_T/c_T back as h_0/c_0.
+    spec, params, feeds, tops = recurrent_net(kind, True, True)
+    whole = run(spec, params, feeds, None)
+    step_spec, _, _, _ = recurrent_net(kind, True, True, x_shape=(1, N, 2, 3))
+    states = {t[0] + "0": feeds[t[0] + "0"] for t in tops[1:]}
+    for t in range(T):
+        out = run(step_spec, params, {"x": feeds["x"][t:t + 1], "cont": CONT[t:t + 1], "xs": feeds["xs"], **states},
+                  None)
+        np.testing.assert_allclose(out["y"][0], whole["y"][t], atol=1e-6)
+        states = {k[0] + "0": out[k] for k in tops[1:]}
+    for k in tops[1:]:
+        np.testing.assert_allclose(states[k[0] + "0"], whole[k], atol=1e-6)
