@@ -421,3 +421,22 @@ def test_step_by_step_with_exposed_states_equals_one_unrolled_pass(kind: str) ->
         states = {k[0] + "0": out[k] for k in tops[1:]}
     for k in tops[1:]:
         np.testing.assert_allclose(states[k[0] + "0"], whole[k], atol=1e-6)
+
+
+def test_asking_a_diff_for_cont_is_refused() -> None:
+    # RecurrentLayer::Backward_cpu: CHECK(!propagate_down[1]) "Cannot backpropagate to sequence indicators."
+    from caffecompat.errors import CaffeCompatError
+
+    net = ('layer { name: "ip" type: "InnerProduct" bottom: "x0" top: "x" inner_product_param { num_output: 3 '
+           'axis: 2 weight_filler { type: "gaussian" std: 0.1 } } }\n'
+           'layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h" loss_weight: 1 '
+           'propagate_down: true propagate_down: true recurrent_param { num_output: 4 } }')
+    spec = make_net(net, {"x0": (3, 2, 2), "cont": (3, 2)})
+    rng = np.random.default_rng(0)
+    params = {k: rng.normal(0, 0.3, v.shape).astype(np.float32) for k, v in init_params(spec, rng).items()}
+    with pytest.raises(CaffeCompatError, match="layer 'lstm' .*cannot backpropagate to the sequence indicators"):
+        net_backward(spec, params, {"x0": np.ones((3, 2, 2)), "cont": np.ones((3, 2))}, force_backward=False)
+    # force_backward alone never asks for it (AllowForceBackward), and the other diffs flow.
+    spec = make_net(net.replace("propagate_down: true propagate_down: true ", ""), {"x0": (3, 2, 2), "cont": (3, 2)})
+    _, pdiffs, _ = net_backward(spec, params, {"x0": np.ones((3, 2, 2)), "cont": np.ones((3, 2))})
+    assert np.any(pdiffs["ip#0"])
