@@ -440,3 +440,31 @@ def test_asking_a_diff_for_cont_is_refused() -> None:
     spec = make_net(net.replace("propagate_down: true propagate_down: true ", ""), {"x0": (3, 2, 2), "cont": (3, 2)})
     _, pdiffs, _ = net_backward(spec, params, {"x0": np.ones((3, 2, 2)), "cont": np.ones((3, 2))})
     assert np.any(pdiffs["ip#0"])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_pycaffe_forward_calls_carry_the_hidden_state(kind: str, tmp_path) -> None:
+    # RecurrentLayer::Forward_cpu without expose_hidden: h_0 (c_0) is the previous Forward's h_T (c_T), as
+    # LRCN's captioner relies on (one word per net.forward, cont 0 on the first). T one-step calls on one
+    # pycaffe Net equal one T-step pass; a runner's state is its own.
+    import caffecompat as caffe
+    from caffecompat.runtime.forward import ForwardRunner
+
+    spec, params, feeds, _ = recurrent_net(kind, True, False)
+    whole = run(spec, params, feeds, None)["y"]
+    step_text = (f'input: "x" input_shape {{ dim: 1 dim: {N} dim: 2 dim: 3 }}\n'
+                 f'input: "cont" input_shape {{ dim: 1 dim: {N} }}\n'
+                 f'input: "xs" input_shape {{ dim: {N} dim: 2 dim: 2 }}\n'
+                 f'layer {{ name: "rec" type: "{kind}" bottom: "x" bottom: "cont" bottom: "xs" top: "y" '
+                 f'recurrent_param {{ num_output: {H} }} }}\n')
+    (tmp_path / "step.prototxt").write_text(step_text)
+    net = caffe.Net(str(tmp_path / "step.prototxt"), caffe.TEST)
+    for k, blob in enumerate(net.params["rec"]):
+        blob.data[...] = params[f"rec#{k}"]
+    step_spec, _, _, _ = recurrent_net(kind, True, False, x_shape=(1, N, 2, 3))
+    runner = ForwardRunner(step_spec)
+    for t in range(T):
+        step = {"x": feeds["x"][t:t + 1], "cont": CONT[t:t + 1], "xs": feeds["xs"]}
+        out = net.forward(**step)["y"]
+        np.testing.assert_allclose(out[0], whole[t], atol=1e-5)
+        np.testing.assert_allclose(runner.run(step, params)[step_spec.outputs[0]][0], whole[t], atol=1e-5)

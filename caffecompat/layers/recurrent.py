@@ -16,10 +16,11 @@ learnable parameters: W_x, b, [W_static], then the subclass's.
 
 Two Caffe rules that look surprising and are kept: the exposed initial states
 get no diff and the diffs of the exposed final states are dropped (Caffe shares
-their data, not their diffs, with the unrolled net). One is not reproduced:
-without expose_hidden Caffe copies h_T/c_T of one Forward into h_0/c_0 of the
-next; here every pass starts from zeros, which is the same whenever each
-batch's first step has cont = 0 (the usual LRCN layout) and on a net's first pass.
+their data, not their diffs, with the unrolled net). Without expose_hidden Caffe
+copies h_T/c_T of one Forward into h_0/c_0 of the next: the runtimes (which
+export with carry_state) feed them back through carried inputs; a converted ONNX
+model has no state, and each of its runs starts from zeros (the same whenever a
+batch's first step has cont = 0; expose_hidden makes the state explicit).
 """
 
 from __future__ import annotations
@@ -167,9 +168,16 @@ class Recurrent(Layer):
         if exposed:
             states = [g.op1("Reshape", [node.bottoms[2 + lay.static + j], g.ints([lay.n, lay.h])])
                       for j in range(exposed)]
+        elif g.carry_state:
+            # RecurrentLayer::Forward_cpu without expose_hidden: h_0 (c_0) is the previous Forward's h_T (c_T).
+            carried = [g.carried_input(node, f"{s}_0", (lay.n, lay.h)) for s in self.state_names]
+            states = carried
         else:
             states = [g.zeros([lay.n, lay.h], f"{s}_0") for s in self.state_names]
         out, final = self.unroll(node, g, lay, gx_steps, conts, states)
+        if not exposed and g.carry_state:
+            for name, value in zip(carried, final):
+                g.set_carry(name, value)
         g.op1("Reshape", [out, g.ints([lay.t, lay.n, lay.h])], node.tops[0])
         for j in range(exposed):
             g.op1("Reshape", [final[j], g.ints([1, lay.n, lay.h])], node.tops[1 + j])
