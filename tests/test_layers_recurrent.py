@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from caffecompat.net.weights import init_params
+from caffecompat.proto import caffe_pb2
 from tests.gradients import check_layer_gradients, net_backward
 from tests.layer_nets import make_net, run
 
@@ -468,3 +469,24 @@ def test_pycaffe_forward_calls_carry_the_hidden_state(kind: str, tmp_path) -> No
         out = net.forward(**step)["y"]
         np.testing.assert_allclose(out[0], whole[t], atol=1e-5)
         np.testing.assert_allclose(runner.run(step, params)[step_spec.outputs[0]][0], whole[t], atol=1e-5)
+
+
+def test_training_passes_carry_the_hidden_state() -> None:
+    # caffecompat train's runtime: a batch whose first step continues (cont 1) starts from the last batch's
+    # h_T/c_T, as Caffe's LRCN training streams do across batches.
+    from caffecompat.runtime.training import TrainingNet
+
+    text = ('layer { name: "rec" type: "LSTM" bottom: "x" bottom: "cont" top: "y" loss_weight: 1 '
+            f'recurrent_param {{ num_output: {H} {FILLERS} }} }}')
+    spec = make_net(text, {"x": (T, N, 3), "cont": (T, N)}, caffe_pb2.TRAIN)
+    params = init_params(spec, np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(size=(2 * T, N, 3)).astype(np.float32)
+    cont = np.ones((2 * T, N), np.float32)
+    cont[0] = 0
+    runner = TrainingNet(spec, params)
+    y = spec.blob_values["y"]
+    outs = [runner.forward_backward({"x": x[k * T:(k + 1) * T], "cont": cont[k * T:(k + 1) * T]})[y]
+            for k in range(2)]
+    blobs = blobs_of(spec, params)
+    ref, _, _ = np_lstm(x, cont, blobs[0], blobs[1], blobs[2])
+    np.testing.assert_allclose(np.concatenate(outs), ref, atol=1e-5)
