@@ -24,13 +24,18 @@ class FedInput:
     shape: tuple[int, ...]
     dtype: Any
     draw: Callable[[np.random.Generator], np.ndarray]
+    # A state carried between passes: the runtime feeds this output of the previous forward instead of `draw`
+    # (a recurrent layer's h_T becoming the next pass's h_0).
+    carry: str | None = None
 
 
 class GraphBuilder:
     """Collects ONNX nodes and constant initializers for one net."""
 
-    def __init__(self, opset: int, training: bool) -> None:
+    def __init__(self, opset: int, training: bool, carry_state: bool = False) -> None:
         self.opset = opset
+        # True when the runtime keeps state between passes (fed inputs with `carry`); convert's models are pure.
+        self.carry_state = carry_state
         # True when lowering the TRAIN-phase graph for gradient training
         # (Dropout active, BatchNorm on batch statistics).
         self.training = training
@@ -138,6 +143,16 @@ class GraphBuilder:
         self.reserve([name])
         self.fed_inputs[name] = FedInput(tuple(int(d) for d in shape), dtype, draw)
         return name
+
+
+    def carried_input(self, node: LayerNode, hint: str, shape: tuple[int, ...]) -> str:
+        """A float32 state input the runtime feeds from the previous pass (zeros at first); `set_carry`
+        names the value that becomes the next pass's."""
+        return self.fed_input(node, hint, shape, np.float32, lambda rng: np.zeros(shape, np.float32))
+
+    def set_carry(self, name: str, value: str) -> None:
+        """Make `value` (computed this pass) the next pass's value of carried input `name`."""
+        self.fed_inputs[name].carry = value
 
 
 FLOAT = TensorProto.FLOAT

@@ -44,7 +44,8 @@ class Exported:
 def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
            outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
            opset: int = DEFAULT_OPSET, backward: BackwardPlan | None = None, blob_diffs: bool = False,
-           diff_params: list[str] | None = None, seeds: list[str] = (), debug_outputs: bool = False) -> Exported:
+           diff_params: list[str] | None = None, seeds: list[str] = (), debug_outputs: bool = False,
+           carry_state: bool = False) -> Exported:
     """The ONNX model computing `spec`.
 
     params: tensor values, required when they become initializers.
@@ -56,21 +57,24 @@ def export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, par
         `seeds` are values whose diff is a graph input (net.backward.seed_input_name).
     debug_outputs: also output, for Net's debug_info, every layer's tops as that layer wrote them and,
         with `backward`, each layer's bottom diffs and parameter diff contributions (Exported.debug).
+    carry_state: for a runtime that keeps state between passes: recurrent layers take their initial state
+        from fed inputs whose `carry` output the runtime feeds back (default: every pass starts from zeros).
     """
     with gcpause.paused():
         return _export(spec, params=params, params_as_inputs=params_as_inputs, outputs=outputs, training=training,
                        loss_output=loss_output, opset=opset, backward=backward, blob_diffs=blob_diffs,
-                       diff_params=diff_params, seeds=seeds, debug_outputs=debug_outputs)
+                       diff_params=diff_params, seeds=seeds, debug_outputs=debug_outputs, carry_state=carry_state)
 
 
 def _export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, params_as_inputs: bool = False,
             outputs: Iterable[str] | None = None, training: bool = False, loss_output: bool = False,
             opset: int = DEFAULT_OPSET, backward: BackwardPlan | None = None, blob_diffs: bool = False,
-            diff_params: list[str] | None = None, seeds: list[str] = (), debug_outputs: bool = False) -> Exported:
+            diff_params: list[str] | None = None, seeds: list[str] = (), debug_outputs: bool = False,
+            carry_state: bool = False) -> Exported:
     # The public export() runs this with the garbage collector paused (caffecompat.gcpause).
     if not 7 <= opset <= MAX_OPSET:
         raise CaffeCompatError(f"opset {opset} is not supported: use an opset from 7 to {MAX_OPSET}")
-    g = GraphBuilder(opset, training)
+    g = GraphBuilder(opset, training, carry_state)
     g.reserve(list(spec.shapes))
     dynamic: dict[str, tuple[int, ...]] = {}  # value -> its data-dependent axes
     for node in spec.layers:
@@ -110,6 +114,7 @@ def _export(spec: NetSpec, *, params: Mapping[str, np.ndarray] | None = None, pa
         if name not in out_names:
             out_names.append(name)
     out_names.extend(v for v in g.side_outputs if v not in out_names)
+    out_names.extend(f.carry for f in g.fed_inputs.values() if f.carry and f.carry not in out_names)
     if bw is not None:
         out_names.extend(v for v in [*bw.param_diffs.values(), *bw.blob_diffs.values()] if v not in out_names)
 

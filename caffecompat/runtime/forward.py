@@ -9,6 +9,7 @@ import numpy as np
 from caffecompat.net.export import export
 from caffecompat.net.spec import NetSpec
 from caffecompat.proto import caffe_pb2
+from caffecompat.runtime.fed_inputs import draw_fed_inputs, keep_carried
 from caffecompat.runtime.providers import inference_session, ort_call
 
 
@@ -37,9 +38,11 @@ class ForwardRunner:
     def __init__(self, spec: NetSpec, outputs: Iterable[str] | None = None, providers: list | None = None,
                  options=None, rng: np.random.Generator | None = None):
         self.spec = spec
-        exported = export(spec, params_as_inputs=True, outputs=outputs, training=spec.phase == caffe_pb2.TRAIN)
+        exported = export(spec, params_as_inputs=True, outputs=outputs, training=spec.phase == caffe_pb2.TRAIN,
+                          carry_state=True)
         self.params = exported.params
         self.fed_inputs = exported.fed_inputs
+        self.carried: dict[str, np.ndarray] = {}  # recurrent states the next pass starts from
         self.rng = rng if rng is not None else np.random.default_rng()
         self.output_names = [o.name for o in exported.model.graph.output]
         # A net with no outputs (data into Silence layers) computes nothing ONNX Runtime could return.
@@ -53,7 +56,8 @@ class ForwardRunner:
         feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.spec.inputs}
         for p in self.params:
             feed[p] = params[p]
-        for name, fed in self.fed_inputs.items():
-            feed[name] = np.ascontiguousarray(fed.draw(self.rng), dtype=fed.dtype)
-        outs = ort_call(f"net '{self.spec.name}' forward", self.session.run, self.output_names, feed)
-        return dict(zip(self.output_names, outs))
+        feed.update(draw_fed_inputs(self.fed_inputs, self.carried, self.rng))
+        outs = dict(zip(self.output_names,
+                        ort_call(f"net '{self.spec.name}' forward", self.session.run, self.output_names, feed)))
+        keep_carried(self.fed_inputs, self.carried, outs)
+        return outs

@@ -47,6 +47,7 @@ from caffecompat.net.export import LOSS_OUTPUT, export
 from caffecompat.net.spec import NetSpec
 from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.blob import Blob
+from caffecompat.runtime.fed_inputs import fed_value, keep_carried
 from caffecompat.runtime.feeder import Feeder
 from caffecompat.runtime.forward import ForwardRunner, forward_loss, scoring_runner
 from caffecompat.runtime.providers import inference_session, ort_call, session_options
@@ -92,6 +93,7 @@ class SegmentedNet:
         self.update_statistics = True  # BatchNorm's running averages after each TRAIN-phase forward
         self._segments: OrderedDict[tuple, _Segment] = OrderedDict()
         self._fed: dict[str, np.ndarray] = {}  # the Dropout masks of the last forward, for its backward
+        self.carried: dict[str, np.ndarray] = {}  # recurrent states the next forward starts from
         self.python_times: dict[tuple[str, str], float] = {}  # (layer, direction) -> seconds, for `time`
         self._profiled: list[ort.SessionOptions] = []
         self._saved: dict[str, np.ndarray] = {}  # inputs a later in-place layer overwrote, for the backward
@@ -242,7 +244,8 @@ class SegmentedNet:
             layers, inputs, _ = self._range(first, last)
             data_out = self._last_values(layers)
             outs = list(data_out)
-            ex = export(self._sub(layers, inputs, outs), params_as_inputs=True, outputs=outs, training=self.training)
+            ex = export(self._sub(layers, inputs, outs), params_as_inputs=True, outputs=outs, training=self.training,
+                        carry_state=True)
             names = [o.name for o in ex.model.graph.output]
             return _Segment(self._session(ex.model), inputs, ex.params, ex.fed_inputs, names,
                             {v: data_out[v] for v in names if v in data_out}, {}, [], [], ex.side_outputs)
@@ -267,7 +270,7 @@ class SegmentedNet:
                                         if p.layer_need[n.index] and p.param_need[n.index][k]))
             ex = export(self._sub([boundary, *layers], inputs, []), params_as_inputs=True, outputs=[],
                         training=self.training, backward=sub_plan, blob_diffs=True, diff_params=params,
-                        seeds=loose)
+                        seeds=loose, carry_state=True)
             names = [o.name for o in ex.model.graph.output]
             diff_out = [(out, blob) for blob, out in ex.blob_diffs.items() if self._writes_diff(blob, inputs, layers)]
             return _Segment(self._session(ex.model, backward=True), inputs, ex.params, ex.fed_inputs, names, {},
@@ -296,7 +299,7 @@ class SegmentedNet:
             data_out = self._last_values(spec.layers)
             outs = [v for v in data_out if v not in spec.inputs]
             ex = export(spec, params_as_inputs=True, outputs=outs, training=self.training, loss_output=True,
-                        backward=self.plan, blob_diffs=True, diff_params=self._learned())
+                        backward=self.plan, blob_diffs=True, diff_params=self._learned(), carry_state=True)
             names = [o.name for o in ex.model.graph.output]
             return _Segment(self._session(ex.model, backward=True), list(spec.inputs), ex.params, ex.fed_inputs,
                             names, {v: data_out[v] for v in names if v in data_out}, {},
@@ -336,9 +339,11 @@ class SegmentedNet:
             if what == "backward" and name in self._fed:
                 feed[name] = self._fed[name]  # the mask the forward drew (Dropout's backward reuses it)
             else:
-                feed[name] = self._fed[name] = np.ascontiguousarray(fed.draw(self.rng), dtype=fed.dtype)
-        outs = ort_call(f"net '{self.spec.name}' {what}", seg.session.run, seg.outputs, feed)
-        return dict(zip(seg.outputs, outs))
+                feed[name] = self._fed[name] = fed_value(name, fed, self.carried, self.rng)
+        out = dict(zip(seg.outputs, ort_call(f"net '{self.spec.name}' {what}", seg.session.run, seg.outputs, feed)))
+        if what != "backward":
+            keep_carried(seg.fed, self.carried, out)
+        return out
 
     def _store(self, seg: _Segment, out: dict[str, np.ndarray]) -> None:
         for name, blob in seg.data_out.items():

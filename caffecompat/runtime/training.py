@@ -21,6 +21,7 @@ from caffecompat.errors import CaffeCompatError
 from caffecompat.net.backward import plan
 from caffecompat.net.export import export
 from caffecompat.net.spec import NetSpec
+from caffecompat.runtime.fed_inputs import draw_fed_inputs, keep_carried
 from caffecompat.runtime.providers import device_of, inference_session, ort_call, session_options
 from caffecompat.runtime.update import UpdateParam, Updater
 from caffecompat.solver.updates import Param
@@ -39,6 +40,7 @@ class TrainingNet:
         self.providers = providers or ["CPUExecutionProvider"]
         self.device, self.device_id = device_of(self.providers)
         self.rng = rng if rng is not None else np.random.default_rng()
+        self.carried: dict[str, np.ndarray] = {}  # recurrent states the next pass starts from
         self._build_step(options)
         # Every parameter of the net (BatchNorm statistics too), as device buffers; on the CPU numpy-backed.
         self._host: dict[str, np.ndarray] = {}
@@ -68,7 +70,7 @@ class TrainingNet:
         spec = self.spec
         self.backward_plan = plan(spec)
         exported = export(spec, params_as_inputs=True, training=True, loss_output=True, outputs=spec.outputs,
-                          backward=self.backward_plan, debug_outputs=self.debug)
+                          backward=self.backward_plan, debug_outputs=self.debug, carry_state=True)
         self.debug_outputs = exported.debug
         self.graph_params = exported.params  # the parameters the step graph reads
         self.side_outputs = exported.side_outputs
@@ -132,8 +134,8 @@ class TrainingNet:
         io = self.session.io_binding()
         for name in self.spec.inputs:
             io.bind_cpu_input(name, np.ascontiguousarray(inputs[name], dtype=np.float32))
-        for name, fed in self.fed_inputs.items():
-            io.bind_cpu_input(name, np.ascontiguousarray(fed.draw(self.rng), dtype=fed.dtype))
+        for name, value in draw_fed_inputs(self.fed_inputs, self.carried, self.rng).items():
+            io.bind_cpu_input(name, value)
         for name in self.graph_params:
             io.bind_ortvalue_input(name, self._values[name])
         for name in self._data_outputs:
@@ -149,7 +151,9 @@ class TrainingNet:
         # Parameters with no diff output (lr_mult 0) keep the zeros they were made with.
         self._fresh = False
         values = io.get_outputs()
-        return {n: v.numpy() for n, v in zip(self._data_outputs, values[: len(self._data_outputs)])}
+        outs = {n: v.numpy() for n, v in zip(self._data_outputs, values[: len(self._data_outputs)])}
+        keep_carried(self.fed_inputs, self.carried, outs)
+        return outs
 
     def _scratch_for(self, name: str) -> ort.OrtValue:
         if name not in self._scratch:
