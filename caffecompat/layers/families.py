@@ -5,6 +5,7 @@ from caffecompat.layers import (  # noqa: F401
     accuracy,
     axpy,
     batch_norm,
+    bn,
     bnll,
     clip,
     concat,
