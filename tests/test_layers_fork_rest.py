@@ -7,12 +7,14 @@ fork's loops written out here in numpy; every Backward against central differenc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from caffecompat.proto import caffe_pb2
-from tests.gradients import check_layer_gradients
-from tests.layer_nets import forward, make_net, net_text, random_params, relative_error
+from tests.gradients import check_layer_gradients, net_backward
+from tests.layer_nets import forward, make_net, net_text, opencv_forward, random_params, relative_error
 
 
 def _layer(name: str, type_: str, extra: str = "", bottoms: tuple[str, ...] = ("data",)) -> str:
@@ -95,3 +97,73 @@ def test_bn_moving_averages_follow_the_forks_momentum(tmp_path) -> None:
     frozen = caffe.Net(str(tmp_path / "frozen.prototxt"), caffe.TRAIN)
     frozen.forward(data=x)
     assert np.all(frozen.params["bn"][2].data == 0) and np.all(frozen.params["bn"][3].data == 1)
+
+
+# ---------------------------------------------------------------------------------------------- ROIPooling
+
+# batch index, x1, y1, x2, y2 in image pixels (spatial_scale 0.5): inside, partly outside the map, one
+# pixel, a ROI past the map's right edge (every bin empty), reversed corners (clamped to 1 x 1), halves.
+ROIS = np.array([[0, 2, 2, 13, 11], [1, -6, -4, 9, 25], [1, 7, 7, 7, 7], [0, 40, 2, 60, 9],
+                 [1, 10, 12, 3, 5], [0, 3, 5, 15.0, 9]], np.float32)
+
+
+def _c_round(v: float) -> int:
+    return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
+
+
+def _roi_pool_reference(x: np.ndarray, rois: np.ndarray, ph_: int, pw_: int, scale: float) -> np.ndarray:
+    """ROIPoolingLayer::Forward_cpu's loops."""
+    _, c, h, w = x.shape
+    top = np.zeros((len(rois), c, ph_, pw_), np.float32)
+    for r, (b, x1, y1, x2, y2) in enumerate(rois):
+        sw, sh, ew, eh = (_c_round(float(np.float32(v) * np.float32(scale))) for v in (x1, y1, x2, y2))
+        bh = np.float32(max(eh - sh + 1, 1)) / np.float32(ph_)
+        bw = np.float32(max(ew - sw + 1, 1)) / np.float32(pw_)
+        for ph in range(ph_):
+            for pw in range(pw_):
+                hs = min(max(int(math.floor(np.float32(ph) * bh)) + sh, 0), h)
+                he = min(max(int(math.ceil(np.float32(ph + 1) * bh)) + sh, 0), h)
+                ws = min(max(int(math.floor(np.float32(pw) * bw)) + sw, 0), w)
+                we = min(max(int(math.ceil(np.float32(pw + 1) * bw)) + sw, 0), w)
+                if he > hs and we > ws:
+                    top[r, :, ph, pw] = x[int(b), :, hs:he, ws:we].max(axis=(1, 2))
+    return top
+
+
+def _roi_layer(pooled: tuple[int, int] = (3, 2), scale: float = 0.5) -> str:
+    return _layer("pool", "ROIPooling", f"roi_pooling_param {{ pooled_h: {pooled[0]} pooled_w: {pooled[1]} "
+                                        f"spatial_scale: {scale} }}", ("data", "rois"))
+
+
+@pytest.mark.parametrize("pooled", [(3, 2), (4, 5), (1, 1)])
+def test_roi_pooling_forward_matches_the_forks_loops_and_opencv(tmp_path, pooled: tuple[int, int]) -> None:
+    x = _x((2, 3, 8, 9), 2)
+    inputs = {"data": x.shape, "rois": ROIS.shape}
+    spec = make_net(_roi_layer(pooled), inputs)
+    got = forward(spec, {}, {"data": x, "rois": ROIS}, ["pool"])["pool"]
+    want = _roi_pool_reference(x, ROIS, *pooled, 0.5)
+    assert got.shape == (len(ROIS), 3, *pooled)
+    assert np.array_equal(got, want)
+    assert np.all(got[3] == 0)  # every bin of the ROI past the map is empty
+    cv = opencv_forward(tmp_path, _roi_layer(pooled), inputs, {}, {"data": x, "rois": ROIS}, ["pool"])[0]
+    assert relative_error(got, cv) < 1e-4
+
+
+@pytest.mark.parametrize("pooled", [(3, 2), (2, 4)])
+def test_roi_pooling_backward_by_finite_differences(pooled: tuple[int, int]) -> None:
+    x = _x((2, 3, 8, 9), 3)
+    spec = make_net(_roi_layer(pooled), {"data": x.shape, "rois": ROIS.shape}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, {}, {"data": x, "rois": ROIS}, ["pool"], wrt=["data"], samples=40)
+    # Every entry, against the fork's GPU kernel written as a loop: each bin's diff goes to its argmax cell.
+    dtop = _x((len(ROIS), 3, *pooled), 9)
+    _, _, diffs = net_backward(spec, {}, {"data": x, "rois": ROIS}, {spec.blob_values["pool"]: dtop})
+    want = np.zeros_like(x)
+    top = _roi_pool_reference(x, ROIS, *pooled, 0.5)
+    for r, b in enumerate(ROIS[:, 0].astype(int)):
+        for c in range(3):
+            for ph in range(pooled[0]):
+                for pw in range(pooled[1]):
+                    hits = np.argwhere(x[b, c] == top[r, c, ph, pw])  # none for an empty bin's 0
+                    if len(hits):
+                        want[b, c, hits[0][0], hits[0][1]] += dtop[r, c, ph, pw]
+    assert np.allclose(diffs["data"], want, atol=1e-5)

@@ -42,6 +42,7 @@ from caffecompat.layers import (  # noqa: F401
     relu,
     relu6,
     reshape,
+    roi_pooling,
     scale,
     shuffle_channel,
     sigmoid,
