@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from caffecompat.errors import CaffeCompatError
 from caffecompat.proto import caffe_pb2
 from tests.gradients import check_layer_gradients, net_backward
 from tests.layer_nets import forward, make_net, net_text, opencv_forward, random_params, relative_error
@@ -167,3 +168,59 @@ def test_roi_pooling_backward_by_finite_differences(pooled: tuple[int, int]) -> 
                     if len(hits):
                         want[b, c, hits[0][0], hits[0][1]] += dtop[r, c, ph, pw]
     assert np.allclose(diffs["data"], want, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- PSROIPooling
+
+# Non-negative corners: OpenCV rounds x2 + 1 where the fork adds 1 after rounding (they differ at -0.5).
+PS_ROIS = np.array([[0, 2, 2, 13, 11], [1, 0, 3, 30, 25], [1, 7, 7, 7, 7], [0, 40, 2, 60, 9],
+                    [1, 10, 12, 3, 5], [0, 3.5, 5, 15.5, 9]], np.float32)
+
+
+def _psroi_reference(x: np.ndarray, rois: np.ndarray, od: int, gs: int, scale: float) -> np.ndarray:
+    """PSROIPoolingForward's per-output loop."""
+    _, _, h, w = x.shape
+    top = np.zeros((len(rois), od, gs, gs), np.float32)
+    f = np.float32
+    for r, (b, x1, y1, x2, y2) in enumerate(rois):
+        sw, sh = f(_c_round(float(x1))) * f(scale), f(_c_round(float(y1))) * f(scale)
+        ew, eh = f(_c_round(float(x2)) + 1) * f(scale), f(_c_round(float(y2)) + 1) * f(scale)
+        bh, bw = f(max(eh - sh, 0.1)) / f(gs), f(max(ew - sw, 0.1)) / f(gs)
+        for ct in range(od):
+            for ph in range(gs):
+                for pw in range(gs):
+                    hs = min(max(math.floor(f(ph) * bh + sh), 0), h)
+                    he = min(max(math.ceil(f(ph + 1) * bh + sh), 0), h)
+                    ws = min(max(math.floor(f(pw) * bw + sw), 0), w)
+                    we = min(max(math.ceil(f(pw + 1) * bw + sw), 0), w)
+                    if he > hs and we > ws:
+                        top[r, ct, ph, pw] = x[int(b), (ct * gs + ph) * gs + pw, hs:he, ws:we].mean()
+    return top
+
+
+def _psroi_layer(od: int, gs: int, scale: float = 0.5) -> str:
+    return _layer("ps", "PSROIPooling", f"psroi_pooling_param {{ output_dim: {od} group_size: {gs} "
+                                        f"spatial_scale: {scale} }}", ("data", "rois"))
+
+
+@pytest.mark.parametrize("od,gs", [(2, 3), (3, 1), (1, 4)])
+def test_psroi_pooling_forward_matches_the_forks_kernel_and_opencv(tmp_path, od: int, gs: int) -> None:
+    x = _x((2, od * gs * gs, 8, 9), 4)
+    inputs = {"data": x.shape, "rois": PS_ROIS.shape}
+    spec = make_net(_psroi_layer(od, gs), inputs)
+    got = forward(spec, {}, {"data": x, "rois": PS_ROIS}, ["ps"])["ps"]
+    assert relative_error(got, _psroi_reference(x, PS_ROIS, od, gs, 0.5)) < 1e-5
+    assert np.all(got[3] == 0)
+    cv = opencv_forward(tmp_path, _psroi_layer(od, gs), inputs, {}, {"data": x, "rois": PS_ROIS}, ["ps"])[0]
+    assert relative_error(got, cv) < 1e-4
+
+
+def test_psroi_pooling_backward_by_finite_differences() -> None:
+    x = _x((2, 2 * 9, 8, 9), 5)
+    spec = make_net(_psroi_layer(2, 3), {"data": x.shape, "rois": PS_ROIS.shape}, caffe_pb2.TRAIN)
+    check_layer_gradients(spec, {}, {"data": x, "rois": PS_ROIS}, ["ps"], wrt=["data"], samples=60)
+
+
+def test_psroi_pooling_checks_the_channel_count() -> None:
+    with pytest.raises(CaffeCompatError, match="output_dim \\* group_size\\^2 = 18"):
+        make_net(_psroi_layer(2, 3), {"data": (1, 17, 8, 9), "rois": PS_ROIS.shape})

@@ -37,6 +37,7 @@ from caffecompat.layers import (  # noqa: F401
     power,
     prelu,
     prior_box,
+    psroi_pooling,
     python,
     reduction,
     relu,
