@@ -224,3 +224,29 @@ def test_psroi_pooling_backward_by_finite_differences() -> None:
 def test_psroi_pooling_checks_the_channel_count() -> None:
     with pytest.raises(CaffeCompatError, match="output_dim \\* group_size\\^2 = 18"):
         make_net(_psroi_layer(2, 3), {"data": (1, 17, 8, 9), "rois": PS_ROIS.shape})
+
+
+# ------------------------------------------------------------------------------------ one-bottom Upsample
+
+
+@pytest.mark.parametrize("extra,factor", [("", 2), ("upsample_param { scale: 3 }", 3),
+                                          ("upsample_param { scale: 1 }", 1)])
+def test_one_bottom_upsample_copies_each_cell_to_a_block(extra: str, factor: int) -> None:
+    x = _x((2, 3, 4, 5), 6)
+    spec = make_net(_layer("up", "Upsample", extra), {"data": x.shape}, caffe_pb2.TRAIN)
+    got = forward(spec, {}, {"data": x}, ["up"])["up"]
+    # The YOLOv3 port's loop: top[n][c][i][j] = bottom[n][c][i / s][j / s].
+    want = np.zeros((2, 3, 4 * factor, 5 * factor), np.float32)
+    for i in range(4 * factor):
+        for j in range(5 * factor):
+            want[:, :, i, j] = x[:, :, i // factor, j // factor]
+    assert np.array_equal(got, want)
+    check_layer_gradients(spec, {}, {"data": x}, ["up"], samples=20)
+
+
+@pytest.mark.skipif(not _has_field("UpsampleParameter", "stride"),
+                    reason="waiting for the schema: UpsampleParameter.stride (the darknet converters' field)")
+def test_one_bottom_upsample_reads_stride() -> None:
+    x = _x((1, 2, 3, 3), 7)
+    spec = make_net(_layer("up", "Upsample", "upsample_param { stride: 2 }"), {"data": x.shape})
+    assert np.array_equal(forward(spec, {}, {"data": x}, ["up"])["up"], x.repeat(2, axis=2).repeat(2, axis=3))
