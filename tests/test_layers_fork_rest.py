@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from caffecompat.errors import CaffeCompatError
+from caffecompat.errors import CaffeCompatError, NotSupportedError
 from caffecompat.proto import caffe_pb2
 from tests.gradients import check_layer_gradients, net_backward
 from tests.layer_nets import forward, make_net, net_text, opencv_forward, random_params, relative_error
@@ -250,3 +250,87 @@ def test_one_bottom_upsample_reads_stride() -> None:
     x = _x((1, 2, 3, 3), 7)
     spec = make_net(_layer("up", "Upsample", "upsample_param { stride: 2 }"), {"data": x.shape})
     assert np.array_equal(forward(spec, {}, {"data": x}, ["up"])["up"], x.repeat(2, axis=2).repeat(2, axis=3))
+
+
+# ------------------------------------------------------------------------------------------ Reorg, Region
+
+HAS_REORG = _has_field("LayerParameter", "reorg_param")
+HAS_REGION = _has_field("LayerParameter", "region_param")
+
+
+def _reorg_reference(x: np.ndarray, s: int, forward_: bool) -> np.ndarray:
+    """Darknet's reorg_cpu(x, w, h, c, batch, stride, forward, out), its index arithmetic as written."""
+    batch, c, h, w = x.shape
+    out, flat, out_c = np.zeros(x.size, np.float32), x.reshape(-1), c // (s * s)
+    for b in range(batch):
+        for k in range(c):
+            for j in range(h):
+                for i in range(w):
+                    in_index = i + w * (j + h * (k + c * b))
+                    c2, offset = k % out_c, k // out_c
+                    w2, h2 = i * s + offset % s, j * s + offset // s
+                    out_index = w2 + w * s * (h2 + h * s * (c2 + out_c * b))
+                    if forward_:
+                        out[out_index] = flat[in_index]
+                    else:
+                        out[in_index] = flat[out_index]
+    return out
+
+
+@pytest.mark.skipif(HAS_REORG, reason="the schema has reorg_param")
+def test_reorg_without_the_schema_says_what_to_do() -> None:
+    with pytest.raises(NotSupportedError, match="Reorg: caffecompat's schema has no reorg_param yet"):
+        make_net(_layer("r", "Reorg"), {"data": (1, 8, 4, 4)})
+
+
+@pytest.mark.skipif(not HAS_REORG, reason="waiting for the schema: ReorgParameter { stride, reverse } as reorg_param")
+@pytest.mark.parametrize("stride,reverse,shape", [(2, False, (2, 8, 6, 4)), (2, True, (2, 8, 3, 2)),
+                                                  (3, False, (1, 18, 6, 3))])
+def test_reorg_follows_darknets_index_mapping(stride: int, reverse: bool, shape: tuple[int, ...]) -> None:
+    x = _x(shape, 8)
+    text = f"reorg_param {{ stride: {stride} reverse: {str(reverse).lower()} }}"
+    spec = make_net(_layer("r", "Reorg", text), {"data": shape}, caffe_pb2.TRAIN)
+    got = forward(spec, {}, {"data": x}, ["r"])["r"]
+    # The ports call reorg_cpu with forward = reverse.
+    assert np.array_equal(got.reshape(-1), _reorg_reference(x, stride, reverse))
+    check_layer_gradients(spec, {}, {"data": x}, ["r"], samples=20)
+
+
+def _region_reference(x: np.ndarray, classes: int, coords: int, num: int, softmax: bool,
+                      background: bool) -> np.ndarray:
+    """forward_region_layer's activations, anchor by anchor."""
+    n, _, h, w = x.shape
+    out = x.astype(np.float64).reshape(n, num, coords + 1 + classes, h, w)
+
+    def logistic(v: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-v))
+
+    out[:, :, :2] = logistic(out[:, :, :2])
+    if not background:
+        out[:, :, coords] = logistic(out[:, :, coords])
+    first = coords + (0 if background else 1)
+    if softmax:
+        e = np.exp(out[:, :, first:] - out[:, :, first:].max(axis=2, keepdims=True))
+        out[:, :, first:] = e / e.sum(axis=2, keepdims=True)
+    else:
+        out[:, :, coords + 1:] = logistic(out[:, :, coords + 1:])
+    return out.reshape(x.shape)
+
+
+@pytest.mark.skipif(not HAS_REGION, reason="waiting for the schema: RegionParameter { classes coords num softmax "
+                                           "background anchors ... } as region_param")
+@pytest.mark.parametrize("classes,coords,num,softmax,background",
+                         [(3, 4, 2, True, False), (3, 4, 2, False, False), (2, 4, 3, True, True),
+                          (4, 5, 1, True, False)])
+def test_region_activations_follow_darknet(classes: int, coords: int, num: int, softmax: bool,
+                                           background: bool) -> None:
+    shape = (2, num * (coords + 1 + classes), 3, 4)
+    x = _x(shape, 9) * 3
+    text = (f"region_param {{ classes: {classes} coords: {coords} num: {num} softmax: {int(softmax)} "
+            f"background: {int(background)} }}")
+    spec = make_net(_layer("g", "Region", text), {"data": shape})
+    got = forward(spec, {}, {"data": x}, ["g"])["g"]
+    assert relative_error(got, _region_reference(x, classes, coords, num, softmax, background)) < 1e-5
+    train = make_net(_layer("g", "Region", text), {"data": shape}, caffe_pb2.TRAIN)
+    with pytest.raises(NotSupportedError, match="Region backward \\(YOLOv2 training\\)"):
+        net_backward(train, {}, {"data": x}, {train.blob_values["g"]: x})

@@ -9,6 +9,7 @@ end) bounds into a 0/1 mask over a feature-map axis.
 from __future__ import annotations
 
 from caffecompat.layers.graph import GraphBuilder
+from caffecompat.layers.ops import split
 from caffecompat.layers.registry import LayerNode
 
 
@@ -16,8 +17,9 @@ def roi_columns(g: GraphBuilder, node: LayerNode, rois: str) -> list[str]:
     """The five R x 1 columns (batch index, x1, y1, x2, y2) of the ROI bottom."""
     r = node.bottom_shapes[1][0]
     flat = g.op1("Reshape", [rois, g.ints([r, 5])])
-    return g.op("Split", [flat, g.ints([1] * 5)], 5, axis=1) if g.opset >= 13 else \
-        g.op("Split", [flat], 5, axis=1, split=[1] * 5)
+    columns = [g.tmp(k) for k in ("batch", "x1", "y1", "x2", "y2")]
+    split(g, flat, 1, [1] * 5, columns)
+    return columns
 
 
 def round_away(g: GraphBuilder, x: str) -> str:
