@@ -300,7 +300,8 @@ def test_zoo_roi_net_converts_and_matches_opencv(zoo, tmp_path, capsys, monkeypa
     written.write_text(text_format.MessageToString(net))
     pynet = caffe.Net(str(written), str(weights), caffe.TEST)
     pynet.forward(data=x, im_info=feeds["im_info"])
-    _compare({b: pynet.blobs[b].data for b in z.blobs}, {b: ours[b] for b in z.blobs}, f"{name} through caffecompat.Net")
+    _compare({b: pynet.blobs[b].data for b in z.blobs}, {b: ours[b] for b in z.blobs},
+             f"{name} through caffecompat.Net")
 
 
 def test_pspnet_bn_net_converts_and_matches_opencv_as_batchnorm_and_scale(zoo, tmp_path, capsys):
