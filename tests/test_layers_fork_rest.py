@@ -224,6 +224,9 @@ def test_psroi_pooling_backward_by_finite_differences() -> None:
 def test_psroi_pooling_checks_the_channel_count() -> None:
     with pytest.raises(CaffeCompatError, match="output_dim \\* group_size\\^2 = 18"):
         make_net(_psroi_layer(2, 3), {"data": (1, 17, 8, 9), "rois": PS_ROIS.shape})
+    with pytest.raises(CaffeCompatError, match="psroi_pooling_param needs spatial_scale \\(required"):
+        make_net(_layer("ps", "PSROIPooling", "psroi_pooling_param { output_dim: 2 group_size: 3 }",
+                        ("data", "rois")), {"data": (1, 18, 8, 9), "rois": PS_ROIS.shape})
 
 
 # ------------------------------------------------------------------------------------ one-bottom Upsample

@@ -32,6 +32,10 @@ class PSROIPooling(Layer):
     def top_shapes(self, node: LayerNode) -> list[Shape]:
         p = node.param.psroi_pooling_param
         x, rois = node.bottom_shapes
+        # R-FCN's PSROIPoolingParameter: all three fields are `required`.
+        missing = [f for f in ("spatial_scale", "output_dim", "group_size") if not p.HasField(f)]
+        if missing:
+            raise node.error(f"psroi_pooling_param needs {', '.join(missing)} (required fields in R-FCN's schema)")
         # PSROIPoolingLayer::LayerSetUp: CHECK_GT(output_dim, 0), CHECK_GT(group_size, 0).
         if p.output_dim <= 0 or p.group_size <= 0:
             raise node.error("psroi_pooling_param.output_dim and group_size must be greater than 0")
