@@ -337,3 +337,25 @@ def test_region_activations_follow_darknet(classes: int, coords: int, num: int, 
     train = make_net(_layer("g", "Region", text), {"data": shape}, caffe_pb2.TRAIN)
     with pytest.raises(NotSupportedError, match="Region backward \\(YOLOv2 training\\)"):
         net_backward(train, {}, {"data": x}, {train.blob_values["g"]: x})
+
+
+def test_bn_statistics_in_the_solver() -> None:
+    from caffecompat.formats.protofile import parse_text
+    from caffecompat.solver.loop import Solver
+
+    text = ('layer { name: "d" type: "DummyData" top: "data" top: "target" dummy_data_param { '
+            'shape { dim: 2 dim: 3 dim: 2 dim: 2 } shape { dim: 2 dim: 3 dim: 2 dim: 2 } '
+            'data_filler { type: "constant" value: 3 } data_filler { type: "constant" value: 1 } } }\n'
+            + _layer("bn", "BN", f"bn_param {{ {BN_FILLERS} momentum: 0.75 }}")
+            + 'layer { name: "loss" type: "EuclideanLoss" bottom: "bn" bottom: "target" top: "loss" }\n')
+    param = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed", max_iter=2, display=0, weight_decay=0.5,
+                                      snapshot_after_train=False, random_seed=1)
+    param.net_param.CopyFrom(parse_text(text, caffe_pb2.NetParameter, "bn_solver.prototxt", "net"))
+    solver = Solver(param, "bn solver")
+    try:
+        solver.solve()
+        mean, var = np.array(solver.value("bn#2")), np.array(solver.value("bn#3"))
+    finally:
+        solver.close()
+    # Batch mean 3, batch variance 0, twice: 0.25 * 3 + 0.75 * (0.25 * 3); no weight decay on the statistics.
+    assert np.allclose(mean, 0.25 * 3 * 1.75) and np.all(var == 0)
