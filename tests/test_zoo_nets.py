@@ -24,8 +24,11 @@ The fork-layer nets: R-FCN and Faster R-CNN get fixed ROIs in their Python
 proposal layer's stead (an input, for convert and OpenCV; a stand-in
 rpn.proposal_layer for caffecompat.Net, which runs the net as written); Faster
 R-CNN (about 23 s) is heavy. PSPNet's BN is compared with OpenCV on the same net
-written with BatchNorm + Scale, at its full 473 x 473 (about 29 s, heavy). The
-YOLO nets wait for schema fields (UpsampleParameter.stride, region_param).
+written with BatchNorm + Scale, at its full 473 x 473 (about 29 s, heavy).
+YOLOv3's one-bottom Upsample is compared with OpenCV on the net written with
+the Deconvolution it equals (128 x 128, about 13 s, heavy; `stride: 2` read as
+`scale: 2` until the schema has UpsampleParameter.stride). YOLOv2 waits for
+region_param in the schema.
 """
 
 from __future__ import annotations
@@ -373,6 +376,62 @@ def test_pspnet_bn_net_converts_and_matches_opencv_as_batchnorm_and_scale(zoo, t
     cv_net.setInput(x)
     layer = _opencv_layer_names(ref)
     _compare(ours, dict(zip(blobs, cv_net.forward([layer[b] for b in blobs]))), "pspnet50")
+
+
+def test_yolov3_one_bottom_upsample_net_converts_and_matches_opencv(zoo, tmp_path, capsys):
+    """OpenCV's Caffe importer has no Upsample: its reference net writes each one as the Deconvolution it equals
+    (one 2 x 2 kernel of ones per channel, stride 2). Until the schema has UpsampleParameter.stride, our copy of
+    the net says `scale: 2` where the converter wrote `stride: 2`."""
+    import re
+
+    from google.protobuf import text_format
+
+    if not HEAVY:
+        pytest.skip("YOLOv3 (62M weights, 107 layers) takes about 20 s on 2 cores; set CAFFECOMPAT_ZOO_HEAVY=1")
+    text = (zoo / "yolov3_darknet/yolov3.prototxt").read_text()
+    if "stride" not in caffe_pb2.UpsampleParameter.DESCRIPTOR.fields_by_name:
+        text = re.sub(r"upsample_param\s*\{\s*stride:\s*2\s*\}", "upsample_param { scale: 2 }", text)
+    prototxt = tmp_path / "yolov3.prototxt"
+    prototxt.write_text(text)
+    shape = (1, 3, 128, 128)
+    net = read_net_prototxt(prototxt)
+    conv.set_input_shapes(net, make_state(net, caffe_pb2.TEST), {"data": shape}, str(prototxt))
+    weights = tmp_path / "weights.caffemodel"
+    _write_weights(net, weights)
+    onnx_path = tmp_path / "net.onnx"
+    argv = ["convert", str(prototxt), str(weights), str(onnx_path), "-input_shape", "data:1,3,128,128"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    x = np.random.default_rng(1).uniform(-1, 1, size=shape).astype(np.float32)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    ours = dict(zip(names, sess.run(names, {"data": x})))
+    del sess
+
+    spec = netspec.build(net, caffe_pb2.TEST)
+    channels = {node.name: node.bottom_shapes[0][1] for node in spec.layers if node.type == "Upsample"}
+    assert len(channels) == 2
+    ref = caffe_pb2.NetParameter()
+    ref.CopyFrom(net)
+    model = caffe_pb2.NetParameter()
+    model.MergeFromString(weights.read_bytes())
+    for lp in ref.layer:
+        if lp.type == "Upsample":
+            lp.type = "Deconvolution"
+            lp.ClearField("upsample_param")
+            cp = lp.convolution_param
+            cp.num_output, cp.group, cp.bias_term = channels[lp.name], channels[lp.name], False
+            cp.kernel_size.append(2)
+            cp.stride.append(2)
+            blob = model.layer.add(name=lp.name, type="Deconvolution").blobs.add()
+            array_to_blob(np.ones((channels[lp.name], 1, 2, 2), np.float32), blob)
+    (tmp_path / "ref.prototxt").write_text(text_format.MessageToString(ref))
+    write_caffemodel(tmp_path / "ref.caffemodel", model)
+    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "ref.prototxt"), str(tmp_path / "ref.caffemodel"))
+    cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv_net.enableFusion(False)
+    cv_net.setInput(x)
+    layer = _opencv_layer_names(ref)
+    _compare(ours, dict(zip(names, cv_net.forward([layer[b] for b in names]))), "yolov3")
 
 
 @pytest.mark.parametrize("name,prototxt,field", [
