@@ -359,3 +359,16 @@ def test_bn_statistics_in_the_solver() -> None:
         solver.close()
     # Batch mean 3, batch variance 0, twice: 0.25 * 3 + 0.75 * (0.25 * 3); no weight decay on the statistics.
     assert np.allclose(mean, 0.25 * 3 * 1.75) and np.all(var == 0)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_bn_written_net_records_the_forced_param_specs(frozen: bool) -> None:
+    from caffecompat.solver.snapshot import net_to_proto
+
+    extra = f'param {{ lr_mult: 2 decay_mult: 3 }} bn_param {{ {BN_FILLERS} frozen: {str(frozen).lower()} }}'
+    spec = make_net(_layer("bn", "BN", extra), {"data": (1, 2, 3, 3)}, caffe_pb2.TRAIN)
+    params = random_params(spec)
+    (layer,) = [lp for lp in net_to_proto(spec, params).layer if lp.type == "BN"]
+    got = [(p.lr_mult, p.decay_mult) for p in layer.param]
+    # BNLayer::LayerSetUp pads the specs to four and zeroes what it forces; the user's first spec stays otherwise.
+    assert got == ([(0, 0)] * 4 if frozen else [(2, 3), (1, 1), (0, 0), (0, 0)])
