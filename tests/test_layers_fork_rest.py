@@ -361,6 +361,11 @@ def test_bn_statistics_in_the_solver() -> None:
     assert np.allclose(mean, 0.25 * 3 * 1.75) and np.all(var == 0)
 
 
+def test_segnets_bn_is_refused_not_run_as_pspnets() -> None:
+    with pytest.raises(NotSupportedError, match="bn_param.bn_mode: that is SegNet's BN"):
+        make_net(_layer("bn", "BN", "bn_param { bn_mode: INFERENCE }"), {"data": (1, 2, 3, 3)})
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_bn_written_net_records_the_forced_param_specs(frozen: bool) -> None:
     from caffecompat.solver.snapshot import net_to_proto

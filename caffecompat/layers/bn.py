@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from caffecompat.errors import NotSupportedError
 from caffecompat.layers.graph import GraphBuilder
 from caffecompat.layers.ops import reduce_mean, reduce_sum
 from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
@@ -40,6 +41,13 @@ class BN(Layer):
         return {0, 1, 2, 3} if node.param.bn_param.frozen else {2, 3}
 
     def top_shapes(self, node: LayerNode) -> list[Shape]:
+        p = node.param.bn_param
+        segnet = [f for f in ("bn_mode", "scale_filler", "shift_filler") if p.HasField(f)]
+        if segnet:
+            # SegNet's BN shares the type name but has two blobs (scale, shift) and bn_mode: another layer.
+            raise NotSupportedError(f"layer {node.label} of type BN with bn_param.{segnet[0]}: that is SegNet's BN "
+                                    "(two blobs, bn_mode); caffecompat runs PSPNet's four-blob BN (slope_filler, "
+                                    "bias_filler, momentum, frozen); write SegNet's as BatchNorm + Scale")
         shape = node.bottom_shapes[0]
         if len(shape) != 4:
             raise node.error(f"takes a 4-D bottom (N x C x H x W), got {list(shape)}")
