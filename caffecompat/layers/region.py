@@ -28,7 +28,9 @@ def region_fields(node: LayerNode) -> tuple[int, int, int, bool, bool]:
     p = node.param.region_param
 
     def get(name: str, default: int) -> int:
-        return int(getattr(p, name)) if p.HasField(name) else default
+        # A field the schema lacks keeps Darknet's default, like one the prototxt leaves out.
+        known = name in p.DESCRIPTOR.fields_by_name
+        return int(getattr(p, name)) if known and p.HasField(name) else default
 
     # Darknet's parse_region defaults: coords 4, classes 20, num 1, softmax and background off.
     return get("classes", 20), get("coords", 4), get("num", 1), bool(get("softmax", 0)), bool(get("background", 0))
