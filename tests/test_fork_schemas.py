@@ -112,8 +112,9 @@ FORK_SCHEMAS: dict[str, dict[str, str]] = {
 # What we do with some of them (the rest follow from whether their layer type is implemented).
 HONOURED = ["DetectionOutputParameter.clip", "NonMaximumSuppressionParameter.eta", "PoolingParameter.ceil_mode",
             "NonMaximumSuppressionParameter.top_k", "InterpParameter.zoom_factor",
-            "ConvolutionParameter.cudnn_convolution_algo_seeker"]  # the last changes only speed
-REFUSED = ["DetectionOutputParameter.visualize", "DetectionOutputParameter.save_file", "UpsampleParameter.stride",
+            "ConvolutionParameter.cudnn_convolution_algo_seeker",  # changes only speed
+            "UpsampleParameter.stride"]
+REFUSED = ["DetectionOutputParameter.visualize", "DetectionOutputParameter.save_file",
            "PriorBoxParameter.width", "DropoutParameter.scale_train", "BatchNormParameter.update_global_stats",
            "SolverParameter.max_epoch", "DetectNetAugmentationParameter.flip_prob"]
 
@@ -161,14 +162,14 @@ def _det(params: str) -> str:
 
 def test_refused_fields_are_named_before_anything_runs(tmp_path):
     path = tmp_path / "net.prototxt"
-    path.write_text(_det('visualize: false save_file: "out.txt" nms_param { eta: 0.9 } clip: 1')
-                    + 'layer { name: "up" type: "Upsample" bottom: "loc" top: "up" upsample_param { stride: 2 } }\n')
+    path.write_text(_det('visualize: false save_file: "out.txt" nms_param { eta: 0.9 } clip: 1 '
+                         'save_output_param { output_directory: "out" }'))
     with pytest.raises(NotSupportedError) as e:
         read_net_prototxt(path)
     msg = str(e.value)
     assert msg.startswith("not supported: layer det of type DetectionOutput (field detection_output_param.save_file: "
                           "DetectionOutputParameter.save_file of SSD, writing detection files")
-    assert "UpsampleParameter.stride of the YOLOv3 ports" in msg and msg.endswith("2 in all)")
+    assert "DetectionOutputParameter.save_output_param of SSD" in msg and msg.endswith("2 in all)")
     assert "visualize" not in msg and "eta" not in msg and "clip" not in msg  # restated default; honoured
     path.write_text(_det("clip: true nms_param { nms_threshold: 0.6 eta: 0.5 }")
                     + 'layer { name: "c" type: "Convolution" bottom: "prior" top: "c" convolution_param { '

@@ -298,8 +298,8 @@ def test_fork_layer_errors_name_the_layer_and_the_fix():
         build(_layer("a", "Axpy", bottoms=("s", "data", "data")), {"data": SHAPE, "s": (2, 3)})
     with pytest.raises(CaffeCompatError, match="'pool' .*only MAX pooling has a second top"):
         build(_layer("pool", "Pooling", "pooling_param { pool: AVE kernel_size: 2 }", tops=("pool", "mask")))
-    with pytest.raises(NotSupportedError, match="layer up of type Upsample with 1 bottom"):
-        build(_layer("up", "Upsample", "upsample_param { scale: 2 }"))
+    with pytest.raises(NotSupportedError, match="layer up of type Upsample with one bottom and upsample_param.scale_w"):
+        build(_layer("up", "Upsample", "upsample_param { scale_h: 2 scale_w: 3 }"))
     with pytest.raises(CaffeCompatError, match="'n' .*2 to 4 axes"):
         build(_layer("n", "Normalize"), {"data": (2, 3, 4, 5, 6)})
     with pytest.raises(CaffeCompatError, match="'s' .*in-place"):

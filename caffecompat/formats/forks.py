@@ -147,8 +147,7 @@ FORK_MESSAGE_FIELDS: dict[str, MessageField] = {
     "PriorBoxParameter.offset_w": MessageField(OPENCV, "explicit prior offsets; use offset"),
     "PriorBoxParameter.width": MessageField(OPENCV, "explicit prior sizes; use min_size, max_size, aspect_ratio"),
     "PriorBoxParameter.height": MessageField(OPENCV, "explicit prior sizes; use min_size, max_size, aspect_ratio"),
-    "UpsampleParameter.stride": MessageField(
-        YOLO3, "the one-bottom nearest-neighbour Upsample; only SegNet's two-bottom unpooling is implemented"),
+    "UpsampleParameter.stride": MessageField(YOLO3),  # the one-bottom nearest-neighbour factor (upsample.py)
 }
 
 # Layer types that only forks have (their parameters, if any, are FORK_FIELDS).

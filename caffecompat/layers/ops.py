@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from caffecompat.errors import NotSupportedError
 from caffecompat.layers.graph import GraphBuilder
 from caffecompat.layers.registry import LayerNode, Shape
 
@@ -44,3 +45,10 @@ def split(g: GraphBuilder, x: str, axis: int, sizes: list[int], outputs: list[st
         g.op("Split", [x, g.ints(sizes)], outputs, axis=axis)
     else:
         g.op("Split", [x], outputs, axis=axis, split=sizes)
+
+
+def require_opset(node: LayerNode, g: GraphBuilder, opset: int, needs: str) -> None:
+    """`not supported` unless the export opset is at least `opset` (the lowering needs `needs`)."""
+    if g.opset < opset:
+        raise NotSupportedError(f"layer {node.label} of type {node.type} at ONNX opset {g.opset}: it needs {needs}; "
+                                f"export with opset >= {opset}")

@@ -126,6 +126,11 @@ class Layer:
         """Shapes of the tops, from node.bottom_shapes and the layer's parameters."""
         raise NotImplementedError(f"{type(self).__name__}.top_shapes")
 
+    def forced_zero_lr(self, node: LayerNode) -> set[int]:
+        """Parameter blobs whose lr_mult and decay_mult the layer's LayerSetUp sets to 0, whatever the prototxt
+        says (the fork BN's statistics)."""
+        return set()
+
     def param_shapes(self, node: LayerNode) -> list[Shape]:
         """Shapes of the layer's parameter blobs (weights, biases, statistics), in Caffe's order."""
         return []

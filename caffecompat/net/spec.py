@@ -247,7 +247,10 @@ def _resolve_params(node: LayerNode, impl: registry.Layer, params: dict[str, Par
                 raise node.error(f"param #{i} is a running statistic and cannot be learned; set lr_mult: 0 "
                                  "or remove its `param { }`")
             lr_mult = 0.0
-        params[own] = ParamInfo(own, node.name, i, shape, lr_mult, spec.decay_mult, node.index)
+        decay_mult = spec.decay_mult
+        if i in impl.forced_zero_lr(node):
+            lr_mult = decay_mult = 0.0
+        params[own] = ParamInfo(own, node.name, i, shape, lr_mult, decay_mult, node.index)
 
 
 def _resolve_loss_weights(node: LayerNode, impl: registry.Layer) -> None:

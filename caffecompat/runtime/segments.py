@@ -367,6 +367,11 @@ class SegmentedNet:
             node = self.spec.layers[layer]
             shape = node.bottom_shapes[0]
             blobs = [self.params[n].data for n in node.param_names]
+            if node.type == "BN":
+                from caffecompat.layers.bn import bn_update
+
+                bn_update(blobs, s["mean"], s["variance"], node.param.bn_param.momentum)
+                continue
             batchnorm_update(blobs, s["mean"], s["variance"], int(np.prod(shape)) // shape[1],
                              node.param.batch_norm_param.moving_average_fraction)
 

@@ -328,8 +328,13 @@ class Solver:
             shape = node.bottom_shapes[0]
             count = int(np.prod(shape)) // shape[1]
             blobs = [self.net.data(n) for n in node.param_names]
-            batchnorm_update(blobs, s["mean"], s["variance"], count,
-                             node.param.batch_norm_param.moving_average_fraction)
+            if node.type == "BN":
+                from caffecompat.layers.bn import bn_update
+
+                bn_update(blobs, s["mean"], s["variance"], node.param.bn_param.momentum)
+            else:
+                batchnorm_update(blobs, s["mean"], s["variance"], count,
+                                 node.param.batch_norm_param.moving_average_fraction)
             if self.net.device != "cpu":
                 for n, blob in zip(node.param_names, blobs):
                     self.net.set_data(n, blob)

@@ -56,6 +56,13 @@ def net_to_proto(spec: NetSpec, values: Mapping[str, np.ndarray],
         if impl.statistics_params:
             while len(layer.param) < len(node.param_names):
                 layer.param.add(lr_mult=0.0)
+        forced = impl.forced_zero_lr(node)
+        if forced:
+            # The fork BN's LayerSetUp: param specs up to its blob count, lr_mult and decay_mult 0 where it forces.
+            while len(layer.param) < len(node.param_names):
+                layer.param.add()
+            for i in forced:
+                layer.param[i].lr_mult = layer.param[i].decay_mult = 0.0
         for name in node.param_names:
             array_to_blob(values[name], layer.blobs.add(), None if diffs is None else diffs.get(name))
     return net
