@@ -167,9 +167,9 @@ def test_refused_fields_are_named_before_anything_runs(tmp_path):
     with pytest.raises(NotSupportedError) as e:
         read_net_prototxt(path)
     msg = str(e.value)
-    assert msg.startswith("not supported: layer det of type DetectionOutput (field detection_output_param.save_file: "
-                          "DetectionOutputParameter.save_file of SSD, writing detection files")
-    assert "DetectionOutputParameter.save_output_param of SSD" in msg and msg.endswith("2 in all)")
+    assert msg.startswith("not supported: layer det of type DetectionOutput (field "
+                          "detection_output_param.save_output_param: DetectionOutputParameter.save_output_param of SSD")
+    assert "DetectionOutputParameter.save_file of SSD, writing detection files" in msg and msg.endswith("2 in all)")
     assert "visualize" not in msg and "eta" not in msg and "clip" not in msg  # restated default; honoured
     path.write_text(_det("clip: true nms_param { nms_threshold: 0.6 eta: 0.5 }")
                     + 'layer { name: "c" type: "Convolution" bottom: "prior" top: "c" convolution_param { '

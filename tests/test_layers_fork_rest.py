@@ -27,11 +27,6 @@ def _x(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _has_field(message: str, field: str) -> bool:
-    d = caffe_pb2.DESCRIPTOR.message_types_by_name.get(message)
-    return d is not None and field in d.fields_by_name
-
-
 # ---------------------------------------------------------------------------------------------------- BN
 
 BN_FILLERS = 'slope_filler { type: "uniform" min: 0.5 max: 2 } bias_filler { type: "uniform" min: -1 max: 1 }'
@@ -247,8 +242,6 @@ def test_one_bottom_upsample_copies_each_cell_to_a_block(extra: str, factor: int
     check_layer_gradients(spec, {}, {"data": x}, ["up"], samples=20)
 
 
-@pytest.mark.skipif(not _has_field("UpsampleParameter", "stride"),
-                    reason="waiting for the schema: UpsampleParameter.stride (the darknet converters' field)")
 def test_one_bottom_upsample_reads_stride() -> None:
     x = _x((1, 2, 3, 3), 7)
     spec = make_net(_layer("up", "Upsample", "upsample_param { stride: 2 }"), {"data": x.shape})
@@ -257,8 +250,6 @@ def test_one_bottom_upsample_reads_stride() -> None:
 
 # ------------------------------------------------------------------------------------------ Reorg, Region
 
-HAS_REORG = _has_field("LayerParameter", "reorg_param")
-HAS_REGION = _has_field("LayerParameter", "region_param")
 
 
 def _reorg_reference(x: np.ndarray, s: int, forward_: bool) -> np.ndarray:
@@ -280,13 +271,6 @@ def _reorg_reference(x: np.ndarray, s: int, forward_: bool) -> np.ndarray:
     return out
 
 
-@pytest.mark.skipif(HAS_REORG, reason="the schema has reorg_param")
-def test_reorg_without_the_schema_says_what_to_do() -> None:
-    with pytest.raises(NotSupportedError, match="Reorg: caffecompat's schema has no reorg_param yet"):
-        make_net(_layer("r", "Reorg"), {"data": (1, 8, 4, 4)})
-
-
-@pytest.mark.skipif(not HAS_REORG, reason="waiting for the schema: ReorgParameter { stride, reverse } as reorg_param")
 @pytest.mark.parametrize("stride,reverse,shape", [(2, False, (2, 8, 6, 4)), (2, True, (2, 8, 3, 2)),
                                                   (3, False, (1, 18, 6, 3))])
 def test_reorg_follows_darknets_index_mapping(stride: int, reverse: bool, shape: tuple[int, ...]) -> None:
@@ -320,8 +304,6 @@ def _region_reference(x: np.ndarray, classes: int, coords: int, num: int, softma
     return out.reshape(x.shape)
 
 
-@pytest.mark.skipif(not HAS_REGION, reason="waiting for the schema: RegionParameter { classes coords num softmax "
-                                           "background anchors ... } as region_param")
 @pytest.mark.parametrize("classes,coords,num,softmax,background",
                          [(3, 4, 2, True, False), (3, 4, 2, False, False), (2, 4, 3, True, True),
                           (4, 5, 1, True, False)])

@@ -26,9 +26,8 @@ rpn.proposal_layer for caffecompat.Net, which runs the net as written); Faster
 R-CNN (about 23 s) is heavy. PSPNet's BN is compared with OpenCV on the same net
 written with BatchNorm + Scale, at its full 473 x 473 (about 29 s, heavy).
 YOLOv3's one-bottom Upsample is compared with OpenCV on the net written with
-the Deconvolution it equals (128 x 128, about 13 s, heavy; `stride: 2` read as
-`scale: 2` until the schema has UpsampleParameter.stride). YOLOv2 waits for
-region_param in the schema.
+the Deconvolution it equals (128 x 128, about 13 s, heavy). YOLOv2 (Region,
+its reorg written as Reshape) builds.
 """
 
 from __future__ import annotations
@@ -380,17 +379,13 @@ def test_pspnet_bn_net_converts_and_matches_opencv_as_batchnorm_and_scale(zoo, t
 
 def test_yolov3_one_bottom_upsample_net_converts_and_matches_opencv(zoo, tmp_path, capsys):
     """OpenCV's Caffe importer has no Upsample: its reference net writes each one as the Deconvolution it equals
-    (one 2 x 2 kernel of ones per channel, stride 2). Until the schema has UpsampleParameter.stride, our copy of
-    the net says `scale: 2` where the converter wrote `stride: 2`."""
-    import re
+    (one 2 x 2 kernel of ones per channel, stride 2)."""
 
     from google.protobuf import text_format
 
     if not HEAVY:
         pytest.skip("YOLOv3 (62M weights, 107 layers) takes about 20 s on 2 cores; set CAFFECOMPAT_ZOO_HEAVY=1")
     text = (zoo / "yolov3_darknet/yolov3.prototxt").read_text()
-    if "stride" not in caffe_pb2.UpsampleParameter.DESCRIPTOR.fields_by_name:
-        text = re.sub(r"upsample_param\s*\{\s*stride:\s*2\s*\}", "upsample_param { scale: 2 }", text)
     prototxt = tmp_path / "yolov3.prototxt"
     prototxt.write_text(text)
     shape = (1, 3, 128, 128)
@@ -434,14 +429,8 @@ def test_yolov3_one_bottom_upsample_net_converts_and_matches_opencv(zoo, tmp_pat
     _compare(ours, dict(zip(names, cv_net.forward([layer[b] for b in names]))), "yolov3")
 
 
-@pytest.mark.parametrize("name,prototxt,field", [
-    ("yolov3_darknet", "yolov3_darknet/yolov3.prototxt", "UpsampleParameter.stride"),
-    ("yolov2_voc_region", "yolov2_voc_region/yolo-voc.2.0.prototxt", "LayerParameter.region_param"),
-])
-def test_zoo_yolo_nets_wait_for_their_fields(zoo, name, prototxt, field):
-    message, attr = field.split(".")
-    if attr in caffe_pb2.DESCRIPTOR.message_types_by_name[message].fields_by_name:
-        spec = netspec.build(read_net_prototxt(zoo / prototxt), caffe_pb2.TEST)
-        assert spec.layers
-        return
-    pytest.skip(f"{name}: waiting for the schema ({field})")
+@pytest.mark.parametrize("prototxt", ["yolov3_darknet/yolov3.prototxt", "yolov2_voc_region/yolo-voc.2.0.prototxt"])
+def test_zoo_yolo_nets_build(zoo, prototxt):
+    # Their fork fields (UpsampleParameter.stride, region_param, reorg as written) are in the schema and honoured.
+    spec = netspec.build(read_net_prototxt(zoo / prototxt), caffe_pb2.TEST)
+    assert spec.layers

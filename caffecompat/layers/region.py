@@ -17,14 +17,10 @@ from caffecompat.errors import NotSupportedError
 from caffecompat.layers.graph import GraphBuilder
 from caffecompat.layers.ops import require_opset, split
 from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
-from caffecompat.proto import caffe_pb2
 
 
 def region_fields(node: LayerNode) -> tuple[int, int, int, bool, bool]:
-    """(classes, coords, num, softmax, background) of region_param; `not supported` while the schema lacks it."""
-    if "region_param" not in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name:
-        raise NotSupportedError(f"layer {node.label} of type Region: caffecompat's schema has no region_param yet "
-                                "(RegionParameter { classes, coords, num, softmax, background, anchors, ... })")
+    """(classes, coords, num, softmax, background) of region_param (darknet2caffe's RegionParameter)."""
     p = node.param.region_param
 
     def get(name: str, default: int) -> int:

@@ -11,17 +11,12 @@ a Reshape, a Transpose and a Reshape; Backward is the inverse permutation.
 
 from __future__ import annotations
 
-from caffecompat.errors import NotSupportedError
 from caffecompat.layers.graph import GraphBuilder
 from caffecompat.layers.registry import Diffs, Layer, LayerNode, Shape, register
-from caffecompat.proto import caffe_pb2
 
 
 def reorg_fields(node: LayerNode) -> tuple[int, bool]:
-    """(stride, reverse) of reorg_param; `not supported` while the schema lacks ReorgParameter."""
-    if "reorg_param" not in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name:
-        raise NotSupportedError(f"layer {node.label} of type Reorg: caffecompat's schema has no reorg_param yet "
-                                "(ReorgParameter { stride, reverse }); write the reorg as a Reshape meanwhile")
+    """(stride, reverse) of reorg_param (darknet2caffe's ReorgParameter)."""
     p = node.param.reorg_param
     return (p.stride if p.HasField("stride") else 2), p.reverse
 
