@@ -54,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("CAFFECOMPAT_SHARED", ROOT.parent / "shared"))  # as tests/conftest.py
 CAFFENET = SHARED / "bvlc-models" / "models" / "bvlc_reference_caffenet" / "train_val.prototxt"
 RESNET50 = SHARED / "zoo" / "resnet50" / "ResNet-50-deploy.prototxt"
 
@@ -279,6 +279,10 @@ def main() -> int:
               f"{theory['ghz']:.3f} GHz x {theory['per_cycle']} FLOP/cycle (2 per FMA x {theory['lanes']} "
               f"{theory['isa']} lanes x {theory['fma_units']} FMA units, the unit count ASSUMED) = "
               f"{theory['gflops']:.1f} GFLOP/s")
+        if peak > theory["gflops"]:
+            print("  (the measured rate exceeds it: the cores run above /proc/cpuinfo's 'cpu MHz', which a hypervisor "
+                  f"reports as the nominal clock; {peak / theory['per_cycle'] / theory['cores']:.2f} GHz would "
+                  "account for the measurement, so this figure is a floor here)")
     else:
         print("Theoretical fp32 peak: /proc/cpuinfo has no readable flags and clock here")
     for name in args.nets.split(","):
