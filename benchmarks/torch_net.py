@@ -42,6 +42,7 @@ class TorchNet(nn.Module):
         self.steps: list[tuple] = []
         self.inputs = [t for n in spec.layers if n.type in SOURCES for t in n.tops]
         self.mods = nn.ModuleDict()
+        self.profile_ranges = False  # bench_layers.py: a caffe::<type> profiler range around each layer
         for node in spec.layers:
             kind = node.type
             if kind in SOURCES:
@@ -77,34 +78,43 @@ class TorchNet(nn.Module):
         values = dict(feeds)
         loss = None
         for kind, key, bottoms, tops, lp, shapes in self.steps:
-            x = values[bottoms[0]]
-            if kind in ("Convolution", "BatchNorm", "Scale", "LRN"):
-                y = self.mods[key](x)
-            elif kind == "InnerProduct":
-                y = self.mods[key](torch.flatten(x, 1))
-            elif kind == "ReLU":
-                y = F.relu(x) if not lp.relu_param.negative_slope else F.leaky_relu(x, lp.relu_param.negative_slope)
-            elif kind == "Dropout":
-                y = F.dropout(x, lp.dropout_param.dropout_ratio, self.training)
-            elif kind == "Pooling":
-                y = _pool(x, lp.pooling_param, shapes[0])
-            elif kind == "Eltwise":
-                if lp.eltwise_param.operation != caffe_pb2.EltwiseParameter.SUM or lp.eltwise_param.coeff:
-                    raise NotSupportedError("torch_net: only Eltwise SUM without coefficients")
-                y = x
-                for b in bottoms[1:]:
-                    y = y + values[b]
-            elif kind == "Split":
-                for t in tops:
-                    values[t] = x
-                continue
-            elif kind == "Softmax":
-                y = F.softmax(x, dim=1)
-            else:  # SoftmaxWithLoss
-                y = F.cross_entropy(x, values[bottoms[1]].long())
-                loss = y
-            values[tops[0]] = y
+            if self.profile_ranges:
+                with torch.profiler.record_function(f"caffe::{kind}"):
+                    loss = self._layer(values, loss, kind, key, bottoms, tops, lp, shapes)
+            else:
+                loss = self._layer(values, loss, kind, key, bottoms, tops, lp, shapes)
         return loss, values
+
+    def _layer(self, values: dict, loss, kind: str, key: str, bottoms: list, tops: list, lp, shapes):
+        """Run one layer on `values` in place; returns the loss (set by SoftmaxWithLoss)."""
+        x = values[bottoms[0]]
+        if kind in ("Convolution", "BatchNorm", "Scale", "LRN"):
+            y = self.mods[key](x)
+        elif kind == "InnerProduct":
+            y = self.mods[key](torch.flatten(x, 1))
+        elif kind == "ReLU":
+            y = F.relu(x) if not lp.relu_param.negative_slope else F.leaky_relu(x, lp.relu_param.negative_slope)
+        elif kind == "Dropout":
+            y = F.dropout(x, lp.dropout_param.dropout_ratio, self.training)
+        elif kind == "Pooling":
+            y = _pool(x, lp.pooling_param, shapes[0])
+        elif kind == "Eltwise":
+            if lp.eltwise_param.operation != caffe_pb2.EltwiseParameter.SUM or lp.eltwise_param.coeff:
+                raise NotSupportedError("torch_net: only Eltwise SUM without coefficients")
+            y = x
+            for b in bottoms[1:]:
+                y = y + values[b]
+        elif kind == "Split":
+            for t in tops:
+                values[t] = x
+            return loss
+        elif kind == "Softmax":
+            y = F.softmax(x, dim=1)
+        else:  # SoftmaxWithLoss
+            y = F.cross_entropy(x, values[bottoms[1]].long())
+            loss = y
+        values[tops[0]] = y
+        return loss
 
 
 class _Scale(nn.Module):
