@@ -38,6 +38,8 @@ BACKWARD_OF = {"ConvolutionBackward0": "Convolution", "NativeBatchNormBackward0"
                "NllLossBackward0": "SoftmaxWithLoss", "LogSoftmaxBackward0": "SoftmaxWithLoss",
                "NativeDropoutBackward0": "Dropout", "MulBackward1": "Dropout",
                "ViewBackward0": "InnerProduct", "ReshapeAliasBackward0": "InnerProduct"}
+# PyTorch runs Caffe's BatchNorm + Scale pair as one affine BatchNorm2d (torch_net.py): one row for both.
+MERGED = {"BatchNorm": "BatchNorm+Scale", "Scale": "BatchNorm+Scale"}
 LINE = re.compile(r"\]\s+(\S.*?)\tforward: ([0-9.e+-]+) ms\.|\]\s+(\S.*?)\tbackward: ([0-9.e+-]+) ms\.")
 
 
@@ -49,7 +51,8 @@ def ours(name: str, iterations: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as d:
         model = Path(d) / "train.prototxt"
         model.write_text(text_format.MessageToString(net))
-        out = subprocess.run([sys.executable, "-m", "caffecompat", "time", "-model", str(model), "-iterations",
+        cli = "import sys; from caffecompat.cli import main; sys.exit(main())"
+        out = subprocess.run([sys.executable, "-c", cli, "time", "-model", str(model), "-iterations",
                               str(iterations)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"caffecompat time failed:\n{out.stderr[-2000:]}")
@@ -61,6 +64,7 @@ def ours(name: str, iterations: int) -> dict[str, list[float]]:
         layer, ms, col = (m.group(1), m.group(2), 0) if m.group(1) else (m.group(3), m.group(4), 1)
         layer = layer.strip()
         kind = types.get(layer, "Split" if "split" in layer else "other")
+        kind = MERGED.get(kind, kind)
         table[kind][col] += float(ms)
     return dict(table)
 
@@ -91,10 +95,12 @@ def pytorch(name: str, iterations: int) -> dict[str, list[float]]:
     for ev in prof.key_averages():
         key = ev.key
         if key.startswith("caffe::"):
-            table[key[len("caffe::"):]][0] += ev.cpu_time_total / 1000 / iterations
+            kind = key[len("caffe::"):]
+            table[MERGED.get(kind, kind)][0] += ev.cpu_time_total / 1000 / iterations
         elif key.startswith("autograd::engine::evaluate_function: "):
             node = key.split(": ", 1)[1]
-            table[BACKWARD_OF.get(node, f"other ({node})")][1] += ev.cpu_time_total / 1000 / iterations
+            kind = BACKWARD_OF.get(node, f"other ({node})")
+            table[MERGED.get(kind, kind)][1] += ev.cpu_time_total / 1000 / iterations
     return dict(table)
 
 
@@ -114,7 +120,7 @@ def main() -> int:
             out = subprocess.run([sys.executable, __file__, "--child", system, name, "--iterations",
                                   str(args.iterations)], capture_output=True, text=True)
             if out.returncode:
-                print(f"{system} {name}: failed (PyTorch needs the [bench] extra):\n{out.stderr[-1500:]}",
+                print(f"{system} {name}: failed (PyTorch's side needs the [bench] extra):\n{out.stderr[-1500:]}",
                       file=sys.stderr)
                 results[system] = {}
                 continue

@@ -3,7 +3,8 @@
 It covers the layer types of CaffeNet and ResNet-50 (Convolution, InnerProduct,
 ReLU, Pooling, LRN, Dropout, BatchNorm, Scale, Eltwise, Split, Softmax,
 SoftmaxWithLoss) with the same shapes as our lowering, so both systems do the
-same arithmetic; weights come from PyTorch's own initialisation (speed does not
+same arithmetic (a BatchNorm followed by its Scale becomes one affine BatchNorm2d, as
+PyTorch nets are written); weights come from PyTorch's own initialisation (speed does not
 depend on them). Source layers (Data, DummyData, Input) become the module's
 inputs. Anything else raises "not supported" rather than running a different net.
 """
@@ -62,6 +63,14 @@ class TorchNet(nn.Module):
                 # Caffe's BatchNorm has no affine part (Scale follows it); eps from the prototxt.
                 self.mods[key] = nn.BatchNorm2d(channels, eps=lp.batch_norm_param.eps, affine=False,
                                                 track_running_stats=True)
+            elif kind == "Scale" and self.steps and self.steps[-1][0] == "BatchNorm" \
+                    and self.steps[-1][3] == node.bottoms and lp.scale_param.bias_term and len(node.bottoms) == 1:
+                # BatchNorm then Scale (with bias) on its top is what a PyTorch user writes as one affine
+                # BatchNorm2d: fold the Scale into it, so PyTorch runs its fused kernel.
+                prev = self.mods[self.steps[-1][1]]
+                self.mods[self.steps[-1][1]] = nn.BatchNorm2d(prev.num_features, eps=prev.eps, affine=True)
+                self.steps[-1] = (*self.steps[-1][:3], node.tops, *self.steps[-1][4:])
+                continue
             elif kind == "Scale":
                 channels = node.bottom_shapes[0][1]
                 self.mods[key] = _Scale(channels, lp.scale_param.bias_term)
