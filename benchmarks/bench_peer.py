@@ -195,8 +195,16 @@ def main() -> int:
         child(*args.child, args.iterations)
         return 0
     for name in args.nets.split(","):
+        if name not in DEPLOY:
+            print(f"--nets {name}: unknown; use caffenet and/or resnet50", file=sys.stderr)
+            return 1
         if not DEPLOY[name].exists():
-            print(f"{name}: needs {DEPLOY[name]} (../shared beside the checkout)", file=sys.stderr)
+            print(f"{name}: needs {DEPLOY[name]} (../shared beside the checkout, or set CAFFECOMPAT_SHARED)",
+                  file=sys.stderr)
+            return 1
+    for task in args.tasks.split(","):
+        if task not in ("train", "infer"):
+            print(f"--tasks {task}: unknown; use train and/or infer", file=sys.stderr)
             return 1
     version = torch_version()
     systems = ["ours"]

@@ -263,6 +263,14 @@ def main() -> int:
         return 0
     batches = {"caffenet": 32, "resnet50": 8}
     needs = {"caffenet": CAFFENET, "resnet50": RESNET50}
+    for name in args.nets.split(","):
+        if name not in needs:
+            print(f"--nets {name}: unknown; use caffenet and/or resnet50", file=sys.stderr)
+            return 1
+        if not needs[name].exists():
+            print(f"{name}: needs {needs[name]} (../shared beside the checkout, or set CAFFECOMPAT_SHARED)",
+                  file=sys.stderr)
+            return 1
     inherited = {k: os.environ[k] for k in OPENBLAS_OVERRIDES if k in os.environ}
     here = sgemm_peak()
     print(f"SGEMM in this process (environment as given: {inherited or 'no OpenBLAS overrides'}): "
@@ -286,9 +294,6 @@ def main() -> int:
     else:
         print("Theoretical fp32 peak: /proc/cpuinfo has no readable flags and clock here")
     for name in args.nets.split(","):
-        if not needs[name].exists():
-            print(f"{name}: needs {needs[name]} (../shared beside the checkout)", file=sys.stderr)
-            return 1
         cmd = [sys.executable, __file__, "--child", name, "--batch", str(batches[name]), "--iterations",
                str(args.iterations), "--rounds", str(args.rounds), "--start", repr(time.time())]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

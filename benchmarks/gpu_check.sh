@@ -14,8 +14,8 @@
 #   device, call k: bash benchmarks/gpu_check.sh stash    (carry: .gpu_parts/part-NN and .gpu_parts/SHA256SUMS)
 #                   copies the part that came into $STASH and lists what is still missing.
 #   device, last:   bash benchmarks/gpu_check.sh run      (carry: the last part and SHA256SUMS)
-#                   stashes it, checks every part's SHA-256, reassembles, makes a venv over the image's
-#                   Python (its numpy, onnx, opencv, h5py) with onnxruntime-gpu in it, runs the checks.
+#                   stashes it, checks every part's SHA-256, reassembles, makes a venv with onnxruntime-gpu
+#                   in it over the image's packages (its numpy, onnx, opencv, h5py), runs the checks.
 #
 # Consecutive calls must come within the machine's warm time (the parts live in /tmp there); a fresh machine
 # starts with none, and `stash` says so. Nothing here changes OPENBLAS_* or any test.
@@ -62,8 +62,11 @@ prepare() {
 
 stash() {
     mkdir -p "$STASH" || die "cannot make $STASH"
-    [ -f "$PARTS/SHA256SUMS" ] || die "no .gpu_parts/SHA256SUMS came with this call (carry it)"
-    cp "$PARTS/SHA256SUMS" "$STASH/"
+    if [ -f "$PARTS/SHA256SUMS" ]; then
+        cp "$PARTS/SHA256SUMS" "$STASH/"
+    elif [ ! -f "$STASH/SHA256SUMS" ]; then
+        die "no .gpu_parts/SHA256SUMS came with this call nor an earlier one on this machine (carry it)"
+    fi
     for p in "$PARTS"/part-*; do
         [ -f "$p" ] && cp "$p" "$STASH/" && echo "gpu_check: stashed $(basename "$p")"
     done
@@ -82,8 +85,12 @@ run_checks() {
     rm -rf "$WORK" && mkdir -p "$WORK" || die "cannot make $WORK"
     cat "$STASH"/part-* | tar -C "$WORK" -xf - || die "cannot reassemble the parts"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    # The image's python3 is itself a venv (/opt/torch/.venv), whose packages --system-site-packages does not
+    # reach: a .pth file appends its site-packages after ours, so our onnxruntime-gpu shadows its onnxruntime.
     python3 -m venv --system-site-packages "$WORK/venv" || die "cannot make the venv"
-    local py="$WORK/venv/bin/python"
+    local py="$WORK/venv/bin/python" image_site
+    image_site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+    echo "$image_site" > "$("$py" -c 'import site; print(site.getsitepackages()[0])')/image-packages.pth"
     "$py" -m pip install -q --no-index --no-deps --no-compile "$WORK"/wheels/*.whl || die "wheel install failed"
     "$py" -m pip install -q --no-index --no-deps --no-build-isolation -e "$ROOT" || die "caffecompat install failed"
     export CAFFECOMPAT_SHARED="$WORK/shared" PYTHONUNBUFFERED=1
