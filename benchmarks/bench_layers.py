@@ -32,7 +32,12 @@ from bench_peer import BATCH, SIZE, torch_spec, train_net  # noqa: E402
 
 # PyTorch autograd node -> the Caffe layer type whose backward it is.
 BACKWARD_OF = {"ConvolutionBackward0": "Convolution", "NativeBatchNormBackward0": "BatchNorm",
-               "AddcmulBackward0": "Scale", "MulBackward0": "Scale", "ReluBackward0": "ReLU",
+               "AddcmulBackward0": "Scale", "ReluBackward0": "ReLU",
+               # nn.LocalResponseNorm is composed: pad, 3-D average pool, pow, div, mul (only LRN multiplies
+               # in these nets once Scale is folded into BatchNorm2d).
+               "ConstantPadNdBackward0": "LRN", "AvgPool3DBackward0": "LRN", "PowBackward0": "LRN",
+               "DivBackward0": "LRN", "MulBackward0": "LRN", "SqueezeBackward1": "LRN", "UnsqueezeBackward0": "LRN",
+               "torch::autograd::AccumulateGrad": "(weight-diff accumulation)",
                "AddBackward0": "Eltwise", "MaxPool2DWithIndicesBackward0": "Pooling",
                "AvgPool2DBackward0": "Pooling", "AddmmBackward0": "InnerProduct", "MmBackward0": "InnerProduct",
                "NllLossBackward0": "SoftmaxWithLoss", "LogSoftmaxBackward0": "SoftmaxWithLoss",
@@ -98,7 +103,7 @@ def pytorch(name: str, iterations: int) -> dict[str, list[float]]:
             kind = key[len("caffe::"):]
             table[MERGED.get(kind, kind)][0] += ev.cpu_time_total / 1000 / iterations
         elif key.startswith("autograd::engine::evaluate_function: "):
-            node = key.split(": ", 1)[1]
+            node = key.split(": ", 1)[1].strip()
             kind = BACKWARD_OF.get(node, f"other ({node})")
             table[MERGED.get(kind, kind)][1] += ev.cpu_time_total / 1000 / iterations
     return dict(table)
