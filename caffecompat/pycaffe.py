@@ -584,7 +584,7 @@ class Net:
         from caffecompat.data.memory_data import MemorySource
 
         first = self._spec.layers[0] if self._spec.layers else None
-        source = self._engine.feeder.sources.get(first.name) if first is not None else None
+        source = self._engine.feeder.source_of(first) if first is not None else None
         # Net_SetInputArrays: only a first layer of type MemoryData takes arrays.
         if not isinstance(source, MemorySource):
             raise CaffeCompatError("set_input_arrays may only be called if the first layer is a MemoryData layer")

@@ -580,3 +580,19 @@ def test_solver_closes_its_data_with_it_and_its_nets_keep_it(tmp_path, data):
     del net
     gc.collect()
     assert source.data is None  # MemorySource.close ran: the solver's sources closed with it
+
+
+def test_two_data_layers_of_one_name_each_feed_their_own_tops(tmp_path):
+    # Caffe allows two layers one name (LRCN's train net has an ImageData and an HDF5Data both named "data");
+    # each data layer's source is its own, told apart by its tops.
+    path = tmp_path / "net.prototxt"
+    path.write_text(
+        'layer { name: "data" type: "DummyData" top: "a" dummy_data_param { shape { dim: 2 dim: 3 } '
+        'data_filler { type: "constant" value: 1 } } }\n'
+        'layer { name: "data" type: "DummyData" top: "b" dummy_data_param { shape { dim: 2 dim: 4 } '
+        'data_filler { type: "constant" value: 2 } } }\n'
+        'layer { name: "sum" type: "Concat" bottom: "a" bottom: "b" top: "ab" concat_param { axis: 1 } }\n')
+    net = caffe.Net(str(path), caffe.TEST)
+    out = net.forward()["ab"]
+    assert out.shape == (2, 7)
+    assert np.array_equal(out, np.array([[1, 1, 1, 2, 2, 2, 2]] * 2, np.float32))

@@ -178,7 +178,7 @@ def extract_features(weights: str, model: str, blobs: list[str], outputs: list[s
             raise CaffeCompatError(f"{model}: unknown feature blob name(s) {', '.join(missing)} in the network; "
                                    f"its blobs are {', '.join(spec.blob_values)}")
         for node in spec.source_layers():
-            if node.name not in feeder.sources:
+            if feeder.source_of(node) is None:
                 glog.warning("extract_features.py", f"{model}: layer '{node.name}' ({node.param.type}) has no "
                                                         "data source: its tops stay zero, as in Caffe; extract "
                                                         "from a net with Data, ImageData or HDF5Data layers")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caffecompat.layers.labels import LabelRule, check_labels, label_rules
+from caffecompat.layers.registry import LayerNode
 from caffecompat.net import setup_log
 from caffecompat.net import spec as netspec
 from caffecompat.net.memory import check_net_memory
@@ -17,12 +18,18 @@ from caffecompat.proto import caffe_pb2
 from caffecompat.runtime.python_layers import PythonLayers, has_python_layers
 
 
+def source_key(layer: caffe_pb2.LayerParameter) -> tuple[str, ...]:
+    """What tells a net's data layers apart: their tops. Caffe lets two layers share a name (LRCN's ImageData
+    and HDF5Data are both "data"), but never lets two layers produce one top (Net::AppendTop)."""
+    return tuple(layer.top)
+
+
 @dataclass
 class Feeder:
     """The batches for a NetSpec's graph inputs, one call per forward pass."""
 
     spec: NetSpec
-    sources: dict[str, object] = field(default_factory=dict)  # data layer name -> DataSource
+    sources: dict[tuple[str, ...], object] = field(default_factory=dict)  # source_key(layer) -> DataSource
     python: PythonLayers | None = None  # the net's Python layers (they and the runtime share its blobs)
     net: caffe_pb2.NetParameter | None = None  # what `rebuild` resolves again
     state: caffe_pb2.NetState | None = None
@@ -37,7 +44,7 @@ class Feeder:
         feed: dict[str, np.ndarray] = {}
         fed_by: dict[str, object] = {}
         for node in self.spec.source_layers():
-            source = self.sources.get(node.name)
+            source = self.source_of(node)
             if source is None:
                 for value, shape in zip(node.tops, node.top_shapes):
                     feed[value] = np.zeros(shape, np.float32)
@@ -59,6 +66,10 @@ class Feeder:
 
         check_labels(self._rules, lambda rule: feed.get(rule.value), origin)
 
+    def source_of(self, node: LayerNode) -> object | None:
+        """The data source feeding the data layer `node` (None: an Input layer, or a layer with no source)."""
+        return self.sources.get(source_key(node.param))
+
     def rebuild(self, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                 call_reshape: bool = False) -> NetSpec:
         """Resolve the net again after a shape changed: Input tops get `input_shapes`, data layers keep
@@ -75,7 +86,7 @@ class Feeder:
                         lp.input_param.shape.add().dim.extend(input_shapes[t])
 
         def shapes(layer: caffe_pb2.LayerParameter) -> list[tuple[int, ...]]:
-            return self.sources[layer.name].top_shapes()
+            return self.sources[source_key(layer)].top_shapes()
 
         with self.python.active(call_reshape) if self.python else nullcontext():
             self.spec = netspec.build(net, self.state.phase, state=self.state, source_shapes=shapes,
@@ -99,12 +110,12 @@ def build_with_data(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState, rng:
     from caffecompat.data import make_source
 
     make = make or make_source
-    sources: dict[str, object] = {}
+    sources: dict[tuple[str, ...], object] = {}
     python = PythonLayers(state.phase, {}) if has_python_layers(net) else None
 
     def shapes(layer: caffe_pb2.LayerParameter) -> list[tuple[int, ...]]:
         src = make(layer, state.phase, rng)
-        sources[layer.name] = src
+        sources[source_key(layer)] = src
         return src.top_shapes()
 
     try:

@@ -423,7 +423,7 @@ class SegmentedNet:
         if inputs is not None and all(v in inputs for v in node.tops):
             arrays = [inputs[v] for v in node.tops]
         else:
-            source = self.feeder.sources.get(node.name)
+            source = self.feeder.source_of(node)
             if source is None:
                 raise CaffeCompatError(f"layer '{node.name}' ({node.type}): this net has no data source for it")
             arrays = source.next_batch()
