@@ -576,7 +576,7 @@ def test_solver_closes_its_data_with_it_and_its_nets_keep_it(tmp_path, data):
     net.set_input_arrays(x, y)
     net.forward()
     np.testing.assert_array_equal(net.blobs["data"].data, x[:4])
-    source = net._engine.feeder.sources["data"]
+    source = net._engine.feeder.source_of(net._spec.layers[0])
     del net
     gc.collect()
     assert source.data is None  # MemorySource.close ran: the solver's sources closed with it
