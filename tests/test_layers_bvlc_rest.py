@@ -147,7 +147,8 @@ def test_multinomial_logistic_loss_refuses_bad_labels():
         MLL.replace('bottom: "label"', 'bottom: "neg"')
     for label in ([0, 1], [0, -3]):
         spec = make_net(layers, {"p": (2, 3), "label": (2,)})
-        with pytest.raises(CaffeCompatError, match="(?i)out of (data bounds|range)"):
+        # ONNX Runtime's words vary by version, and long ones are cut ("GatherElements op: Out..." on 1.23).
+        with pytest.raises(CaffeCompatError, match=r"(?i)out of (data bounds|range)|GatherElements op: Out"):
             forward(spec, {}, {"p": np.full((2, 3), 0.3, np.float32), "label": np.array(label, np.float32)},
                     ["loss"])
     with pytest.raises(CaffeCompatError, match="one label per item"):
