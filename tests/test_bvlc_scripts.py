@@ -152,8 +152,10 @@ def test_classify_and_detect_scripts_match_cv2_dnn(alias, tmp_path):
     blob = np.stack([(cv2.imread(str(f)).astype(np.float32) - [104, 117, 123]).transpose(2, 0, 1) for f in files])
     dnn.setInput(blob.astype(np.float32))
     ref = dnn.forward("prob").reshape(len(files), -1)
-    np.testing.assert_allclose(np.load(tmp_path / "classify.npy"), ref, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(np.load(tmp_path / "detect.npy").reshape(len(files), -1), ref, rtol=0, atol=1e-5)
+    # The project's OpenCV tolerance: pycaffe's load_image / 255 then raw_scale 255 is not exact in float32, and
+    # the random weights amplify it (1.75e-5 seen on ONNX Runtime 1.23).
+    np.testing.assert_allclose(np.load(tmp_path / "classify.npy"), ref, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "detect.npy").reshape(len(files), -1), ref, rtol=0, atol=1e-4)
 
 
 def test_draw_net_and_caffenet_scripts(alias, tmp_path):
